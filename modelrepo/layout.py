@@ -1,0 +1,42 @@
+"""Paths of Triton's repository layout: model folders, numeric version folders, labels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CONFIG_NAME = "config.pbtxt"
+LABELS_NAME = "labels.txt"
+
+
+def model_names(repo: str | os.PathLike) -> list[str]:
+    """Model folders of a repository (those holding a config.pbtxt; hidden staging folders skipped)."""
+    root = Path(repo)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_NAME).is_file()
+    )
+
+
+def versions(model_dir: str | os.PathLike) -> list[int]:
+    """Numeric version folders of a model, ascending."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def read_labels(model_dir: str | os.PathLike) -> list[str] | None:
+    path = Path(model_dir) / LABELS_NAME
+    if not path.is_file():
+        return None
+    return path.read_text().splitlines()
+
+
+def write_labels(model_dir: str | os.PathLike, labels: list[str]) -> Path:
+    path = Path(model_dir) / LABELS_NAME
+    path.write_text("".join(f"{label}\n" for label in labels))
+    return path
