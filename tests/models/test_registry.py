@@ -49,7 +49,8 @@ def test_parameter_count_and_forward(name):
 
 def test_random_weights_are_seeded():
     a, b, c = (get_model("lenet5", seed=s) for s in (1, 1, 2))
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
     assert not torch.equal(a.classifier[1].weight, c.classifier[1].weight)
 
 

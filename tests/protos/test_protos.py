@@ -230,9 +230,7 @@ def test_rpc_message_types():
     methods = gs.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name
     for name in EXPECTED_RPCS:
         method = methods[name]
-        request = (
-            "ModelInferRequest" if name == "ModelStreamInfer" else f"{name}Request"
-        )
+        request = "ModelInferRequest" if name == "ModelStreamInfer" else f"{name}Request"
         response = f"{name}Response"
         assert method.input_type.full_name == f"inference.{request}"
         assert method.output_type.full_name == f"inference.{response}"
@@ -261,9 +259,7 @@ def test_grpc_stub_round_trip_over_loopback():
             stub = gs_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(gs.ServerLiveRequest(), timeout=10).live
             reply = stub.ModelInfer(
-                gs.ModelInferRequest(
-                    model_name="m", id="42", raw_input_contents=[b"\x00\x01"]
-                ),
+                gs.ModelInferRequest(model_name="m", id="42", raw_input_contents=[b"\x00\x01"]),
                 timeout=10,
             )
             assert (reply.model_name, reply.id) == ("m", "42")
@@ -298,10 +294,7 @@ def _tritonclient_file_protos() -> dict:
     for module in ("service_pb2.py", "model_config_pb2.py"):
         tree = ast.parse((grpc_dir / module).read_text("utf-8"))
         for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and getattr(node.func, "attr", "") == "AddSerializedFile"
-            ):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "AddSerializedFile":
                 data = ast.literal_eval(node.args[0])
                 fdp = descriptor_pb2.FileDescriptorProto.FromString(data)
                 found[fdp.name] = fdp

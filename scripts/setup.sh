@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the project with its dev tools. Idempotent; safe to re-run.
+#   TORCH_SPEC   torch/torchvision to install when the venv has none
+#                (default: the releases this project is developed on, which pip finds on local disk here)
+#   VENV         virtual environment folder (default: .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  echo "==> installing $TORCH_SPEC (a few minutes)"
+  # shellcheck disable=SC2086
+  pip install $TORCH_SPEC
+fi
+echo "==> installing the project and its dev tools"
+pip install -e ".[dev]"
+
+# promtool and kubectl are used by the deploy tests; install them where we may (root + apt).
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v kubectl >/dev/null || need+=(kubectl)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "==> apt-get install ${need[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
+    >/dev/null 2>&1 || echo "   (could not install ${need[*]}; the tests that need them will skip)"
+fi
+echo "==> ready: $VENV"
