@@ -1,0 +1,91 @@
+# syntax=docker/dockerfile:1
+#
+# cnnserve images. Two targets:
+#   docker build --target cpu -t cnnserve:0.1.0-cpu .
+#   docker build --target gpu -t cnnserve:0.1.0-gpu .
+# The model repository is mounted at /models at run time, or baked in from a folder:
+#   docker build --target gpu --build-context model-repository=./model_repository -t cnnserve:0.1.0-gpu-models .
+# (BuildKit, the default builder since Docker 23, is required for --build-context and RUN --mount.)
+
+# GPU base: CUDA 12.x + TensorRT 10 + Python 3.12. Stay on a CUDA 12 tag: onnxruntime-gpu's PyPI wheels
+# are built for CUDA 12 / cuDNN 9.
+ARG GPU_BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.06-py3
+ARG CPU_BASE_IMAGE=python:3.11-slim
+
+# ---- wheel: build the project's wheel from pyproject.toml; nothing of this stage but the wheel ships.
+FROM ${CPU_BASE_IMAGE} AS wheel
+WORKDIR /src
+COPY . .
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---- model-repository: empty by default; replace it with --build-context model-repository=DIR to bake
+# a repository into /models.
+FROM scratch AS model-repository
+
+# ---- cpu: python-slim, torch CPU wheels.
+FROM ${CPU_BASE_IMAGE} AS cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch and torchvision come from PyTorch's CPU index (--index-url https://download.pytorch.org/whl/cpu):
+# the default PyPI wheels for Linux pull in the CUDA libraries (gigabytes) that a CPU image never uses.
+# Installing them first means the project install below finds torch already satisfied.
+RUN python -m pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.5,<3" "torchvision>=0.20"
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    python -m pip install /wheels/cnnserve-*.whl
+RUN groupadd --system --gid 10001 cnnserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/cnnserve --create-home \
+        --shell /usr/sbin/nologin cnnserve
+COPY --from=model-repository / /models/
+# Settings are SERVE_* variables (docs/ARCHITECTURE.md); the manifests in deploy/ override them.
+ENV SERVE_REPO=/models \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_GRPC_PORT=8001 \
+    SERVE_METRICS_PORT=8002 \
+    SERVE_GRACE_PERIOD_SECONDS=30 \
+    SERVE_DEVICE=cpu \
+    SERVE_LOG_LEVEL=info \
+    XDG_CACHE_HOME=/tmp/.cache
+WORKDIR /home/cnnserve
+USER 10001:10001
+EXPOSE 8001 8002
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_GRPC_PORT}" --timeout 3
+ENTRYPOINT ["python", "-m", "service"]
+
+# ---- gpu: NVIDIA TensorRT base (CUDA, cuDNN, TensorRT and its Python bindings), project with the gpu extra.
+FROM ${GPU_BASE_IMAGE} AS gpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1
+# NGC images ship python3; the entrypoint and healthcheck call `python`.
+RUN command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
+# The base dependencies list onnxruntime and the gpu extra onnxruntime-gpu; both install the same
+# `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over the shared files.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    python -m pip install "$(echo /wheels/cnnserve-*.whl)[gpu]" \
+ && ort_version="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
+ && python -m pip uninstall -y onnxruntime \
+ && python -m pip install --force-reinstall --no-deps "onnxruntime-gpu==${ort_version}"
+RUN groupadd --system --gid 10001 cnnserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/cnnserve --create-home \
+        --shell /usr/sbin/nologin cnnserve
+COPY --from=model-repository / /models/
+ENV SERVE_REPO=/models \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_GRPC_PORT=8001 \
+    SERVE_METRICS_PORT=8002 \
+    SERVE_GRACE_PERIOD_SECONDS=30 \
+    SERVE_DEVICE=cuda \
+    SERVE_LOG_LEVEL=info \
+    XDG_CACHE_HOME=/tmp/.cache \
+    CUDA_CACHE_PATH=/tmp/.nv/ComputeCache
+WORKDIR /home/cnnserve
+USER 10001:10001
+EXPOSE 8001 8002
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_GRPC_PORT}" --timeout 3
+ENTRYPOINT ["python", "-m", "service"]

@@ -1,0 +1,149 @@
+"""The Dockerfile, read as data (no Docker engine here): stages, user, ports, healthcheck, entrypoint."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import re
+import shlex
+
+import pytest
+
+from tests.deploy.deploy_contract import ROOT, Stage, parse_dockerfile, server_modules, server_settings
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+
+RUNTIME_TARGETS = ("cpu", "gpu")
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+def test_stages_and_bases(dockerfile):
+    args, stages = dockerfile
+    assert {"wheel", "model-repository", *RUNTIME_TARGETS} <= set(stages), stages.keys()
+    assert stages["gpu"].base == "${GPU_BASE_IMAGE}"
+    assert stages["cpu"].base == "${CPU_BASE_IMAGE}"
+    assert args["GPU_BASE_IMAGE"].startswith(("nvcr.io/nvidia/tensorrt:", "nvcr.io/nvidia/cuda:"))
+    assert re.fullmatch(r"python:3\.1[0-9]-slim", args["CPU_BASE_IMAGE"]), args["CPU_BASE_IMAGE"]
+    assert stages["model-repository"].base == "scratch" and not stages["model-repository"].instructions
+
+
+@pytest.mark.parametrize("target", RUNTIME_TARGETS)
+def test_runtime_runs_as_non_root(dockerfile, target):
+    user = dockerfile[1][target].last("USER")
+    uid, _, gid = user.partition(":")
+    # Numeric, so that Kubernetes can verify runAsNonRoot; the manifests run as the same uid.
+    assert uid.isdigit() and int(uid) > 0, f"USER {user!r} must be a numeric non-root uid"
+    assert not gid or (gid.isdigit() and int(gid) > 0)
+
+
+@pytest.mark.parametrize("target", RUNTIME_TARGETS)
+def test_runtime_entrypoint_and_healthcheck(dockerfile, target):
+    stage = dockerfile[1][target]
+    server_module, healthcheck_module = server_modules()
+    assert json.loads(stage.last("ENTRYPOINT")) == ["python", "-m", server_module]
+    assert not stage.all("CMD"), "settings come from SERVE_* variables, not arguments"
+
+    healthcheck = stage.last("HEALTHCHECK")
+    options, _, command = healthcheck.partition(" CMD ")
+    assert command, f"HEALTHCHECK without CMD: {healthcheck!r}"
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", healthcheck_module]
+    address = argv[argv.index("--address") + 1]
+    # Shell form, so the address follows SERVE_GRPC_PORT when a deployment changes it.
+    assert address == "127.0.0.1:${SERVE_GRPC_PORT}"
+    assert "--start-period=" in options
+
+
+@pytest.mark.parametrize("target", RUNTIME_TARGETS)
+def test_runtime_settings_and_ports(dockerfile, target):
+    stage = dockerfile[1][target]
+    settings = server_settings()
+    env = stage.env()
+    serve_vars = {key: value for key, value in env.items() if key.startswith("SERVE_")}
+    unknown = set(serve_vars) - set(settings)
+    assert not unknown, f"ENV sets variables the server does not read: {sorted(unknown)}"
+    assert serve_vars["SERVE_HOST"] == "0.0.0.0"
+    assert serve_vars["SERVE_REPO"] == "/models"
+    assert serve_vars["SERVE_DEVICE"] == {"cpu": "cpu", "gpu": "cuda"}[target]
+    assert serve_vars["SERVE_DEVICE"] in settings["SERVE_DEVICE"].choices
+
+    ports = {int(port) for args in stage.all("EXPOSE") for port in args.split()}
+    grpc = int(serve_vars.get("SERVE_GRPC_PORT", settings["SERVE_GRPC_PORT"].default))
+    metrics = int(serve_vars.get("SERVE_METRICS_PORT", settings["SERVE_METRICS_PORT"].default))
+    assert ports == {grpc, metrics}
+    assert grpc == int(settings["SERVE_GRPC_PORT"].default)
+    assert metrics == int(settings["SERVE_METRICS_PORT"].default)
+
+    copies = stage.all("COPY")
+    assert any(c.startswith("--from=model-repository ") and c.endswith(" /models/") for c in copies)
+
+
+def test_cpu_image_takes_torch_from_the_cpu_index(dockerfile):
+    runs = dockerfile[1]["cpu"].all("RUN")
+    torch_run = next(i for i, run in enumerate(runs) if "torch" in run and "--index-url" in run)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_run]
+    project_run = next(i for i, run in enumerate(runs) if "cnnserve-*.whl" in run)
+    assert torch_run < project_run, "install torch before the project, or pip takes PyPI's CUDA build"
+
+
+def test_gpu_image_installs_the_gpu_extra(dockerfile):
+    runs = " ".join(dockerfile[1]["gpu"].all("RUN"))
+    assert "cnnserve-*.whl)[gpu]" in runs
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "gpu" in extras
+
+
+def test_wheel_stage_builds_from_pyproject(dockerfile):
+    runs = dockerfile[1]["wheel"].all("RUN")
+    assert any("pip wheel" in run and run.rstrip().endswith(" .") for run in runs)
+
+
+def test_entrypoint_modules_exist():
+    server_module, healthcheck_module = server_modules()
+    if importlib.util.find_spec(server_module) is None:
+        pytest.skip(f"the server package {server_module!r} has not landed in this checkout yet")
+    assert importlib.util.find_spec(f"{server_module}.__main__") is not None, "no __main__ for `python -m`"
+    assert importlib.util.find_spec(healthcheck_module) is not None
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore patterns drop a path (a pattern naming a folder drops what is inside)."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_sources_and_drops_the_rest():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = ["pyproject.toml", project["project"]["readme"]]
+    for include in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = include.rstrip("*")
+        if (ROOT / package).is_dir():
+            needed.append(f"{package}/__init__.py")
+    for path in needed:
+        assert not _ignored(path, patterns), f".dockerignore drops {path}, which `pip wheel .` needs"
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "model_repository/lenet5/config.pbtxt",
+        "models/__pycache__/x.pyc",
+        ".pytest_cache/v",
+        "tests/deploy/test_dockerfile.py",
+    ]:
+        assert _ignored(path, patterns), f".dockerignore should drop {path}"
