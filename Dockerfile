@@ -63,6 +63,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1
 # NGC images ship python3; the entrypoint and healthcheck call `python`.
 RUN command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
+# torch built for CUDA 12 like the base, from PyTorch's index (PyPI's default CUDA build may differ).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.5,<3" "torchvision>=0.20"
 # The base dependencies list onnxruntime and the gpu extra onnxruntime-gpu; both install the same
 # `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over the shared files.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \

@@ -91,9 +91,13 @@ def test_cpu_image_takes_torch_from_the_cpu_index(dockerfile):
     assert torch_run < project_run, "install torch before the project, or pip takes PyPI's CUDA build"
 
 
-def test_gpu_image_installs_the_gpu_extra(dockerfile):
-    runs = " ".join(dockerfile[1]["gpu"].all("RUN"))
-    assert "cnnserve-*.whl)[gpu]" in runs
+def test_gpu_image_installs_cuda_torch_and_the_gpu_extra(dockerfile):
+    runs = dockerfile[1]["gpu"].all("RUN")
+    torch_run = next(i for i, run in enumerate(runs) if "torch" in run and "--index-url" in run)
+    assert '--index-url "${TORCH_INDEX_URL}"' in runs[torch_run]
+    assert "download.pytorch.org/whl/cu12" in " ".join(dockerfile[1]["gpu"].all("ARG"))
+    project_run = next(i for i, run in enumerate(runs) if "cnnserve-*.whl)[gpu]" in run)
+    assert torch_run < project_run
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "gpu" in extras
 

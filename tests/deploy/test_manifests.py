@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -16,6 +15,8 @@ from tests.deploy.deploy_contract import (
     parse_dockerfile,
     server_settings,
 )
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 RENDERED = (
     "base",
