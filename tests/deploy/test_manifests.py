@@ -16,8 +16,6 @@ from tests.deploy.deploy_contract import (
     server_settings,
 )
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
-
 RENDERED = (
     "base",
     "overlays/cpu",
@@ -30,7 +28,6 @@ RENDERED = (
 )
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
 WORKLOADS = (*OVERLAYS, "kserve")
-KUBERNETES_VERSION = kubernetes_validate.latest_version()
 
 # Custom resources are not in the Kubernetes schemas; each is checked by hand in this module.
 CUSTOM_KINDS = {
@@ -61,6 +58,23 @@ KSERVE_COMPONENT_FIELDS = {
     "deploymentStrategy",
     "autoScaling",
 }
+
+
+def kubernetes_validate():
+    """The schema validator (PyPI kubernetes-validate), with the schemas of a current Kubernetes release."""
+    return pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+
+
+def validate(obj: dict) -> None:
+    validator = kubernetes_validate()
+    version = validator.latest_version()
+    try:
+        validator.validate(obj, version, strict=True)
+    except validator.ValidationError as error:
+        raise AssertionError(
+            f"{obj['kind']}/{obj['metadata']['name']} does not match the Kubernetes {version} schema at "
+            f"{'.'.join(map(str, error.path))}: {error.message}"
+        ) from None
 
 
 def objects(directory: str, kind: str) -> list[dict]:
@@ -136,15 +150,8 @@ def test_kustomize_renders(directory):
 @pytest.mark.parametrize("directory", RENDERED)
 def test_objects_match_the_kubernetes_schemas(directory):
     for obj in kustomize(directory):
-        if obj["kind"] in CUSTOM_KINDS:
-            continue
-        try:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            raise AssertionError(
-                f"deploy/{directory}: {obj['kind']}/{obj['metadata']['name']} does not match the "
-                f"Kubernetes {KUBERNETES_VERSION} schema at {'.'.join(map(str, error.path))}: {error.message}"
-            ) from None
+        if obj["kind"] not in CUSTOM_KINDS:
+            validate(obj)
 
 
 def test_every_custom_kind_is_accounted_for():
@@ -364,7 +371,7 @@ def test_kserve_predictor():
 
     pod_spec = {key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_spec}
-    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    validate(pod)
 
     claim = one("kserve", "PersistentVolumeClaim")["metadata"]["name"]
     env = container_env("kserve", first)
