@@ -248,6 +248,30 @@ def grouping_labels(expr: str) -> set[str]:
     return labels
 
 
+def deploy_series_names() -> set[str]:
+    """The series (as queried: histograms by their _bucket/_sum/_count names) that the Prometheus rules,
+    the prometheus-adapter rule and the Grafana dashboard read, recording rules and `up` left out.
+
+    Compare with the sample names of a live server's /metrics; the cnnserve_gpu_* gauges only appear
+    where a GPU exists.
+    """
+    import json
+
+    expressions = []
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yaml").read_text())
+    expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "config.yaml").read_text())
+    expressions += [rule["seriesQuery"] for rule in adapter["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "cnnserve-dashboard.json").read_text())
+    expressions += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            selector = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["query"]["query"])
+            expressions.append(selector.group(1))
+    names = set().union(*(series_names(expr) for expr in expressions))
+    return {name for name in names if ":" not in name} - PROMETHEUS_SERIES
+
+
 # ----------------------------------------------------------------------------- tools
 
 

@@ -12,6 +12,7 @@ from tests.deploy.deploy_contract import (
     TARGET_LABELS,
     base_metric,
     check_promql,
+    deploy_series_names,
     grouping_labels,
     run_promtool,
     selector_labels,
@@ -117,6 +118,8 @@ def adapter_rules() -> list[dict]:
 def test_adapter_serves_contract_metrics_per_pod():
     for rule in adapter_rules():
         assert_uses_contract_metrics(rule["seriesQuery"], "seriesQuery")
+        # The HPA asks for the metric by this name.
+        assert_uses_contract_metrics(rule["name"]["as"], "name.as")
         overrides = rule["resources"]["overrides"]
         assert overrides["namespace"]["resource"] == "namespace" and overrides["pod"]["resource"] == "pod"
         for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
@@ -136,3 +139,10 @@ def test_adapter_query_is_valid_promql(index):
     )
     assert_uses_contract_metrics(query, "metricsQuery")
     check_promql({"metricsQuery": query})
+
+
+def test_deploy_reads_only_contract_metrics_and_all_latencies():
+    names = deploy_series_names()
+    assert {base_metric(name) for name in names} <= set(server_metrics())
+    for histogram in ("request", "queue", "compute"):
+        assert f"cnnserve_{histogram}_duration_seconds_bucket" in names
