@@ -8,6 +8,7 @@ server lands. kubectl and promtool are used where installed; the tests that need
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shlex
 import shutil
@@ -255,8 +256,6 @@ def deploy_series_names() -> set[str]:
     Compare with the sample names of a live server's /metrics; the cnnserve_gpu_* gauges only appear
     where a GPU exists.
     """
-    import json
-
     expressions = []
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yaml").read_text())
     expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
