@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -164,7 +169,7 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,32,32, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers like 1,32,32, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
     return values
@@ -216,6 +221,60 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     await server.stop(grace=1.0)
     metrics_server.shutdown()
+
+
+@dataclass(frozen=True)
+class NullServerAddress:
+    grpc: str  # HOST:PORT
+    metrics_url: str
+
+
+def parse_banner(line: str) -> NullServerAddress:
+    fields = dict(part.split("=", 1) for part in line.split()[1:])
+    return NullServerAddress(grpc=fields["grpc"], metrics_url=fields["metrics"])
+
+
+@contextlib.contextmanager
+def running(
+    model: str = "null",
+    shape: tuple[int, ...] = (1, 32, 32),
+    classes: int = 10,
+    max_batch_size: int = 8,
+    python: str = sys.executable,
+) -> Iterator[NullServerAddress]:
+    """Run the null server in a child process on free 127.0.0.1 ports; stop it on exit."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
+    }
+    command = [
+        python,
+        "-m",
+        "loadtest.null_server",
+        "--port=0",
+        "--metrics-port=0",
+        f"--model={model}",
+        f"--shape={','.join(map(str, shape))}",
+        f"--classes={classes}",
+        f"--max-batch-size={max_batch_size}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = process.stdout.readline()
+        if not banner.startswith("null_server "):
+            raise RuntimeError(
+                f"the null server did not start (exit status {process.wait(5)}); see its stderr"
+            )
+        yield parse_banner(banner)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> int:
