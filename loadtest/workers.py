@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -159,6 +160,12 @@ def worker_main(worker: int, url: str, requests, connect_timeout_s: float, comma
         results.put(WorkerFailed(worker, f"worker {worker} crashed:\n{traceback.format_exc()}"))
 
 
+def worker_process_main(worker: int, url: str, requests, connect_timeout_s: float, commands, results) -> None:
+    """Entry point of a worker process: Ctrl-C is the parent's to handle (it stops the step and closes us)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_main(worker, url, requests, connect_timeout_s, commands, results)
+
+
 def split_level(mode: str, level: float, workers: int) -> list[float]:
     """Each worker's share: concurrency as whole clients (no idle workers), a rate evenly."""
     if mode == CLOSED_LOOP:
@@ -190,7 +197,7 @@ class WorkerPool:
             self.commands = [context.Queue(COMMAND_QUEUE_SIZE) for _ in range(n)]
             self.runners = [
                 context.Process(
-                    target=worker_main,
+                    target=worker_process_main,
                     args=(i, url, requests, connect_timeout_s, self.commands[i], self.results),
                     name=f"loadtest-worker-{i}",
                     daemon=True,
