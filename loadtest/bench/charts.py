@@ -6,22 +6,22 @@ from pathlib import Path
 
 
 def bar_chart(path: Path, labels: list[str], series: dict[str, list[float]], title: str) -> None:
-    """Grouped bars: one group per label, one bar per series."""
+    """One panel per series (each with its own unit), one bar per label."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib import pyplot
 
-    figure, axis = pyplot.subplots(figsize=(max(6.0, 1.1 * len(labels) * len(series)), 4.2))
-    width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series.items()):
-        positions = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
-        bars = axis.bar(positions, values, width, label=name)
+    figure, axes = pyplot.subplots(
+        1, len(series), figsize=(max(3.2, 0.75 * len(labels)) * len(series), 4.2), squeeze=False
+    )
+    for axis, (name, values) in zip(axes[0], series.items(), strict=True):
+        bars = axis.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
         axis.bar_label(bars, fmt="%.3g", fontsize=7)
-    axis.set_xticks(range(len(labels)), labels)
-    axis.set_title(title)
-    axis.legend()
-    axis.grid(axis="y", alpha=0.3)
+        axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        axis.set_title(name)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
