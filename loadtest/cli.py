@@ -1,0 +1,207 @@
+"""Command line: ``python -m loadtest --url HOST:PORT --model NAME [--concurrency 1,2,4 | --rate 50,100]``.
+
+Exit status: 0 done; 1 the target failed (unreachable, not ready, a step with no successful request);
+2 a bad argument (also one only the server can judge: unknown model, batch over its max, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from loadtest.options import CLOSED_LOOP, OPEN_LOOP, LoadTestOptions, TargetError, UsageError
+from loadtest.progress import LiveProgress, QuietProgress
+
+PROG = "python -m loadtest"
+
+
+def _number_list(kind, what: str):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if any(value <= 0 for value in values):
+            raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
+        return values
+
+    return parse
+
+
+def _positive(kind, allow_zero: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'zero or ' if allow_zero else ''}positive, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Load-test any KServe v2 gRPC server (cnnserve, Triton, MLServer).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    target = parser.add_argument_group("target")
+    target.add_argument("--url", required=True, help="gRPC endpoint HOST:PORT")
+    target.add_argument("--model", required=True, help="model name")
+    target.add_argument("--model-version", default="", help="model version (empty: the server's choice)")
+    target.add_argument("--metrics-url", help="the target's Prometheus endpoint, for the server-side split")
+    target.add_argument(
+        "--timeout", type=_positive(float), default=30.0, help="per-request deadline, seconds"
+    )
+    target.add_argument(
+        "--connect-timeout", type=_positive(float), default=3.0, help="seconds to reach the server"
+    )
+
+    load = parser.add_argument_group("load")
+    levels = load.add_mutually_exclusive_group()
+    levels.add_argument(
+        "--concurrency",
+        type=_number_list(int, "integers"),
+        help="closed loop: clients in flight, e.g. 1,2,4,8",
+    )
+    levels.add_argument(
+        "--rate", type=_number_list(float, "numbers"), help="open loop: Poisson requests/s, e.g. 50,100,200"
+    )
+    load.add_argument("--batch", type=_positive(int), default=1, help="rows (images) per request")
+    load.add_argument("--input", dest="input_name", help="input to randomize (default: the FP32 one)")
+    load.add_argument("--images", type=Path, help="folder of images to send as the BYTES input 'image'")
+    load.add_argument("--workers", type=_positive(int), default=1, help="client processes")
+    load.add_argument("--max-inflight", type=_positive(int), default=1024, help="open loop: cap per worker")
+    load.add_argument("--seed", type=int, default=0, help="seed for random tensors and arrivals")
+
+    measure = parser.add_argument_group("measurement")
+    measure.add_argument(
+        "--warmup", type=_positive(float, allow_zero=True), default=1.0, help="seconds per step"
+    )
+    measure.add_argument(
+        "--window", type=_positive(float), default=2.0, help="seconds per measurement window"
+    )
+    measure.add_argument(
+        "--windows", type=_positive(int), default=3, help="consecutive windows that must agree"
+    )
+    measure.add_argument(
+        "--stability", type=_positive(float), default=0.1, help="relative tolerance of agreement"
+    )
+    measure.add_argument(
+        "--duration", type=_positive(float), default=30.0, help="most seconds measured per step"
+    )
+    measure.add_argument("--max-requests", type=_positive(int), help="most requests measured per step")
+    measure.add_argument(
+        "--late-threshold",
+        type=_positive(float),
+        default=0.005,
+        help="open loop: seconds behind schedule = late",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", type=Path, help="write results as JSON")
+    output.add_argument("--csv", type=Path, help="write one CSV row per step")
+    output.add_argument("--plot", type=Path, help="write a PNG plot")
+    output.add_argument("--quiet", action="store_true", help="no live display")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
+    mode = OPEN_LOOP if args.rate else CLOSED_LOOP
+    return LoadTestOptions(
+        url=args.url,
+        model=args.model,
+        model_version=args.model_version,
+        mode=mode,
+        levels=tuple(args.rate or args.concurrency or (1,)),
+        batch=args.batch,
+        input_name=args.input_name,
+        images=args.images,
+        window_s=args.window,
+        windows=args.windows,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        stability=args.stability,
+        max_requests=args.max_requests,
+        workers=args.workers,
+        metrics_url=args.metrics_url,
+        timeout_s=args.timeout,
+        connect_timeout_s=args.connect_timeout,
+        max_inflight=args.max_inflight,
+        late_threshold_s=args.late_threshold,
+        seed=args.seed,
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {args.plot}: expected a .png file name")
+    for flag in ("json", "csv", "plot"):
+        path = getattr(args, flag)
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"--{flag} {path}: folder {path.parent} does not exist")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = options_from_args(args)
+    try:
+        options.validate()
+        _check_outputs(args)
+    except UsageError as error:
+        parser.error(str(error))
+
+    # Imported here so that `--help` and argument errors stay fast.
+    from loadtest.sweep import run_loadtest
+
+    errors = Console(stderr=True)
+    progress = (
+        QuietProgress()
+        if args.quiet
+        else LiveProgress(options.mode, options.windows, options.stability, errors)
+    )
+    try:
+        result = run_loadtest(options, progress)
+    except UsageError as error:
+        progress.close()
+        parser.exit(2, f"{PROG}: error: {error}\n")
+    except TargetError as error:
+        progress.close()
+        parser.exit(1, f"{PROG}: error: {error}\n")
+    except KeyboardInterrupt:
+        progress.close()
+        parser.exit(130, f"{PROG}: interrupted\n")
+    _write_outputs(result, args, errors)
+    failed = [step for step in result.steps if step.requests == 0]
+    for step in failed:
+        errors.print(f"[red]step {step.step + 1} measured no successful request ({step.stop_reason})[/red]")
+    return 1 if failed else 0
+
+
+def _write_outputs(result, args: argparse.Namespace, errors: Console) -> None:
+    from loadtest.report import print_results, write_csv, write_json
+
+    print_results(result)
+    if args.json is not None:
+        write_json(result, args.json)
+        errors.print(f"wrote {args.json}", highlight=False)
+    if args.csv is not None:
+        write_csv(result, args.csv)
+        errors.print(f"wrote {args.csv}", highlight=False)
+    if args.plot is not None:
+        from loadtest.plot import plot_run
+
+        plot_run(result, args.plot)
+        errors.print(f"wrote {args.plot}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
