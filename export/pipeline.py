@@ -156,20 +156,27 @@ def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | No
     return result
 
 
-def _plan(run: _Run, precision: str, onnx_path: Path, fp32_onnx: Path, tolerance: Tolerance | None) -> dict:
-    """Build and check a TensorRT plan beside ``onnx_path``; returns the manifest's plan record."""
-    vdir = onnx_path.parent
+def _plan(
+    run: _Run,
+    precision: str,
+    source_onnx: Path,
+    version_dir: Path,
+    fp32_onnx: Path,
+    tolerance: Tolerance | None,
+) -> dict:
+    """Build ``version_dir/model.plan`` from ``source_onnx`` and check it; returns the plan record."""
+    plan_path = version_dir / PLAN_FILE
     with run.stage(f"build TensorRT {precision} plan (batch 1..{run.max_batch_size})"):
         info = build_plan(
-            onnx_path,
-            vdir / PLAN_FILE,
+            source_onnx,
+            plan_path,
             precision=precision,
             spec=run.loaded.input_spec,
             max_batch_size=run.max_batch_size,
             fp32_onnx=fp32_onnx,
         )
     with run.stage(f"check TensorRT {precision} plan against PyTorch"):
-        runner = PlanRunner(vdir / PLAN_FILE)
+        runner = PlanRunner(plan_path)
         outs = [runner(x) for x in run.reference.parity_inputs]
         eval_out = runner.run(run.reference.eval.inputs, min(EVAL_BATCH_SIZE, run.max_batch_size))
         info["validation"] = _check(run, precision, outs, eval_out, tolerance, f"TensorRT {precision} plan")
@@ -286,7 +293,9 @@ def export_model(
                 conversion = convert_fp16(fp32_onnx, fp16_onnx)
             validation = _check_onnx(run, "fp16", fp16_onnx, FP16_TOLERANCE)
             validation["conversion"] = conversion
-            plan = _plan(run, "fp16", fp16_onnx, fp32_onnx, FP16_TOLERANCE) if build_plans else None
+            plan = None
+            if build_plans:
+                plan = _plan(run, "fp16", fp16_onnx, fp16_onnx.parent, fp32_onnx, FP16_TOLERANCE)
             _finish(run, "fp16", validation, plan=plan)
 
         if int8:
@@ -308,7 +317,21 @@ def export_model(
             quantization["calibration"]["source"] = calib_source
             validation = _check_onnx(run, "int8", int8_onnx, None)
             _check_int8_drop(validation, max_int8_drop if weights_trained else None)
-            plan = _plan(run, "int8", int8_onnx, fp32_onnx, None) if build_plans else None
+            plan = None
+            if build_plans:  # TensorRT wants symmetric activations: a second, S8S8 Q/DQ model
+                symmetric = writer.staging / "int8_symmetric_qdq.onnx"
+                with run.stage("calibrate symmetric int8 for TensorRT", total=len(calib_inputs)) as advance:
+                    source_quantization = quantize_int8(
+                        fp32_onnx,
+                        symmetric,
+                        calib_inputs,
+                        method=calib_method,
+                        activations="int8",
+                        work_dir=writer.staging,
+                        on_batch=advance,
+                    )
+                plan = _plan(run, "int8", symmetric, int8_onnx.parent, fp32_onnx, None)
+                plan["source_quantization"] = source_quantization
             _finish(run, "int8", validation, plan=plan, quantization=quantization)
 
         with reporter.stage(

@@ -34,6 +34,13 @@ def test_missing_weights_file(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_imagenet_weights_not_cached(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(["resnet18", "--weights", "imagenet", "--repo", str(tmp_path / "repo"), "--quiet"]) == 2
+    msg = _error(capsys)
+    assert "not in the local cache" in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+
+
 def test_unreadable_calibration_folder(tmp_path, capsys):
     args = ["lenet5", "--int8", "--repo", str(tmp_path / "repo"), "--quiet", "--calib"]
     assert main([*args, str(tmp_path / "nowhere")]) == 2

@@ -3,7 +3,7 @@
 import pytest
 
 from export import export_model
-from export.onnx_export import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from modelrepo.config import read_config
 from modelrepo.manifest import Manifest, sha256_file
 from models import get_model_entry, list_models
@@ -25,5 +25,26 @@ def test_exports_with_parity(name, tmp_path):
     assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
     assert list(config.input[0].dims) == list(spec.shape)
     assert config.output[0].name == OUTPUT_NAME and config.output[0].dims[0] == len(manifest.labels)
-    assert BATCH_AXIS == "batch"
-    assert INPUT_NAME in entry.artifact.read_bytes().decode("latin-1")
+    assert manifest.validation["onnx"]["opset"] == 18
+
+
+def test_fp16_and_int8_of_an_imagenet_sized_model(tmp_path):
+    result = export_model(
+        "resnet18",
+        fp16=True,
+        int8=True,
+        calib="random",
+        calib_samples=8,
+        calib_method="minmax",
+        repo=tmp_path,
+        max_batch_size=4,
+        eval_samples=4,
+        tensorrt="off",
+    )
+    fp16, int8 = result["fp16"].manifest, result["int8"].manifest
+    assert fp16.validation["parity"]["passed"] and fp16.validation["parity"]["max_rel_error"] < 1e-2
+    assert fp16.validation["top1_agreement"] == 1.0
+    assert int8.quantization["calibration"]["source"].startswith("random")
+    assert int8.validation["accuracy"] is None  # random inputs carry no labels
+    assert int8.validation["parity"]["max_rel_error"] < 0.2
+    assert result["int8"].artifact.stat().st_size < result["fp32"].artifact.stat().st_size / 3

@@ -70,21 +70,33 @@ def test_calibration_reader_batches_and_ranges():
     assert calibration_batch_size(np.zeros((1, 1, 32, 32), np.float32)) == 64
 
 
+def _initializers(path, suffix):
+    proto = onnx.load(str(path))
+    return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith(suffix)}
+
+
 def test_int8_is_qdq_with_per_channel_symmetric_weights(lenet_onnx, tmp_path):
     calib, source = calibration_inputs("digits", SPEC, 32)
     assert calib.shape == (32, 1, 32, 32) and source == "digits:train"
-    info = quantize_int8(lenet_onnx, tmp_path / "int8.onnx", calib, method="percentile", work_dir=tmp_path)
-    proto = onnx.load(str(tmp_path / "int8.onnx"))
-    ops = {n.op_type for n in proto.graph.node}
+    info = quantize_int8(lenet_onnx, tmp_path / "u8.onnx", calib, method="percentile", work_dir=tmp_path)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "u8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
-    zero_points = [t for t in proto.graph.initializer if "zero_point" in t.name]
-    assert zero_points and all(not onnx.numpy_helper.to_array(t).any() for t in zero_points)  # symmetric
-    per_channel = [
-        onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name.endswith("_scale")
-    ]
-    assert any(s.ndim == 1 and s.size == 6 for s in per_channel)  # conv1: one scale per output channel
+    scales = _initializers(tmp_path / "u8.onnx", "_scale")
+    assert any(s.ndim == 1 and s.size == 6 for s in scales.values())  # conv1: one scale per channel
+    zero_points = _initializers(tmp_path / "u8.onnx", "_zero_point")
+    weights = [z for z in zero_points.values() if z.dtype == np.int8]
+    activations = [z for z in zero_points.values() if z.dtype == np.uint8]
+    assert weights and not any(z.any() for z in weights)  # symmetric weights
+    assert activations and any(z.any() for z in activations)  # asymmetric uint8 activations
+    assert info["activations"].startswith("uint8") and info["weights"].endswith("per-channel")
     assert info["preprocess"] == "quant_pre_process" and info["calibration"]["samples"] == 32
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]  # work files removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u8.onnx"]  # work files removed
+
+    info = quantize_int8(lenet_onnx, tmp_path / "s8.onnx", calib, activations="int8", work_dir=tmp_path)
+    zero_points = _initializers(tmp_path / "s8.onnx", "_zero_point")
+    assert {z.dtype for z in zero_points.values()} <= {np.dtype(np.int8), np.dtype(np.int32)}  # int32: bias
+    assert not any(z.any() for z in zero_points.values())  # all symmetric, as TensorRT requires
+    assert info["activations"] == "int8, symmetric, per-tensor"
     with pytest.raises(ExportError, match="--calib-method must be one of"):
         quantize_int8(lenet_onnx, tmp_path / "x.onnx", calib, method="kl", work_dir=tmp_path)
 

@@ -32,7 +32,7 @@ def test_digits_are_preprocessed_by_the_spec():
 
 
 def test_replace_head_swaps_the_last_linear_of_every_family():
-    for name in ("resnet18", "googlenet", "densenet121", "vgg11", "alexnet", "zfnet", "lenet5"):
+    for name in ("resnet18", "googlenet", "densenet121", "alexnet", "lenet5"):
         model = replace_head(get_model(name), 3)
         with torch.inference_mode():
             out = model(torch.randn(1, *get_model_entry(name).input_spec.shape))
