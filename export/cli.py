@@ -98,7 +98,7 @@ def summary_table(result: ExportResult) -> Table:
         size = sum(f.stat().st_size for f in files) / 2**20
         acc = _fmt(v.get("accuracy"), ".1%")
         if v.get("accuracy_drop_points") is not None:
-            acc += f" ({-v['accuracy_drop_points']:+.1f})"
+            acc += f" ({0.0 - v['accuracy_drop_points']:+.1f})"  # 0.0 - x: no "-0.0"
         table.add_row(
             e.name,
             " + ".join(f.name for f in files),

@@ -53,8 +53,7 @@ class ImageSet:
             return item
         try:
             with Image.open(item) as img:
-                img.load()
-                return img
+                return img.copy()  # decoded pixels, independent of the file handle closed here
         except OSError as e:
             raise DatasetError(f"cannot read image {item}: {e}") from None
 

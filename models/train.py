@@ -148,6 +148,7 @@ def train(
         desc=f"train {name}",
         unit="step",
         disable=not progress,
+        mininterval=0.5,
         file=sys.stderr,
         dynamic_ncols=True,
     )
