@@ -1,0 +1,154 @@
+"""``python -m export MODEL [options]``: write checked ONNX / TensorRT entries into a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from export import calibration as cal
+from export.errors import ExportError
+from export.int8 import CALIBRATION_METHODS
+from export.onnx_export import DEFAULT_OPSET
+from export.pipeline import (
+    DEFAULT_CALIB_SAMPLES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_INT8_DROP,
+    ExportResult,
+    export_model,
+)
+from export.progress import Reporter, RichReporter
+from export.tensorrt import TENSORRT_MODES
+from models import UnknownModelError, WeightsError, list_models
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a CNN of the family to ONNX fp32 (+ fp16, int8, TensorRT plans), check every "
+        "artifact against PyTorch, and write Triton-layout entries <model>, <model>_fp16, <model>_int8.",
+    )
+    p.add_argument("model", help=f"one of: {', '.join(list_models())}")
+    p.add_argument("--weights", default="random", help="random (seeded), imagenet, or a checkpoint path")
+    p.add_argument("--fp16", action="store_true", help="also write <model>_fp16 (and a TensorRT fp16 plan)")
+    p.add_argument("--int8", action="store_true", help="also write <model>_int8 (Q/DQ, calibrated)")
+    p.add_argument(
+        "--calib",
+        default=cal.DIGITS,
+        help="int8 calibration images: digits, random or an ImageFolder DIR (default: digits)",
+    )
+    p.add_argument("--calib-samples", type=int, default=DEFAULT_CALIB_SAMPLES, metavar="N")
+    p.add_argument("--calib-method", default="entropy", choices=list(CALIBRATION_METHODS))
+    p.add_argument(
+        "--eval",
+        dest="eval_data",
+        default="auto",
+        metavar="auto|digits|random|DIR",
+        help="images for agreement/accuracy; auto: the checkpoint's dataset, else the "
+        "calibration source with --int8, else random",
+    )
+    p.add_argument("--eval-samples", type=int, metavar="N", help="at most N evaluation images (default: all)")
+    p.add_argument("--repo", default="model_repository", help="model repository (default: model_repository)")
+    p.add_argument("--version", type=int, default=1, help="version folder to write (default: 1)")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, metavar="N")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--tensorrt",
+        default="auto",
+        choices=TENSORRT_MODES,
+        help="TensorRT plans for fp16/int8: auto (where TensorRT and a GPU exist), on, off",
+    )
+    p.add_argument(
+        "--max-int8-drop",
+        type=float,
+        default=DEFAULT_MAX_INT8_DROP,
+        metavar="POINTS",
+        help="fail when int8 accuracy drops more (trained weights, labelled data)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
+    return p
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def summary_table(result: ExportResult) -> Table:
+    table = Table(title=f"{result.model} -> {result.repo} (version {result.version})")
+    for col in (
+        "served model",
+        "artifact",
+        "MiB",
+        "max abs err",
+        "max rel err",
+        "top-1 agree",
+        "accuracy",
+        "s",
+    ):
+        table.add_column(col, justify="left" if col in ("served model", "artifact") else "right")
+    for e in result.entries:
+        v = e.manifest.validation
+        parity = v["parity"]
+        files = [e.artifact] + ([e.version_dir / e.manifest.fallback.file] if e.manifest.fallback else [])
+        size = sum(f.stat().st_size for f in files) / 2**20
+        acc = _fmt(v.get("accuracy"), ".1%")
+        if v.get("accuracy_drop_points") is not None:
+            acc += f" ({0.0 - v['accuracy_drop_points']:+.1f})"  # 0.0 - x: no "-0.0"
+        table.add_row(
+            e.name,
+            " + ".join(f.name for f in files),
+            f"{size:.1f}",
+            f"{parity['max_abs_error']:.1e}",
+            f"{parity['max_rel_error']:.1e}",
+            _fmt(v.get("top1_agreement"), ".1%"),
+            acc,
+            f"{e.seconds:.1f}",
+        )
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    reporter = Reporter() if args.quiet else RichReporter()
+    try:
+        result = export_model(
+            args.model,
+            weights=args.weights,
+            fp16=args.fp16,
+            int8=args.int8,
+            calib=args.calib,
+            calib_samples=args.calib_samples,
+            calib_method=args.calib_method,
+            eval_data=args.eval_data,
+            eval_samples=args.eval_samples,
+            repo=args.repo,
+            version=args.version,
+            max_batch_size=args.max_batch_size,
+            opset=args.opset,
+            force=args.force,
+            tensorrt=args.tensorrt,
+            max_int8_drop=args.max_int8_drop,
+            seed=args.seed,
+            reporter=reporter,
+        )
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (UnknownModelError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    console = Console()
+    if not console.is_terminal:  # logs: do not squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(summary_table(result))
+    for note in result.notes if args.quiet else ():
+        print(note)
+    return 0

@@ -1,0 +1,109 @@
+"""Train LeNet-5 on digits, export fp32 + fp16 + int8, read everything back and serve it by hand."""
+
+import numpy as np
+import pytest
+
+from export import export_model
+from export.validate import ort_session, run_session
+from modelrepo.config import read_config
+from modelrepo.layout import model_names, read_labels, versions
+from modelrepo.manifest import Manifest, sha256_file
+from models import get_model_entry
+from models.datasets import digits_split
+
+
+@pytest.fixture(scope="module")
+def exported(lenet_checkpoint, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    return export_model(
+        "lenet5",
+        weights=str(lenet_checkpoint),
+        fp16=True,
+        int8=True,
+        calib="digits",
+        repo=repo,
+        tensorrt="off",
+    )
+
+
+def test_repository_layout(exported):
+    repo = exported.repo
+    assert model_names(repo) == ["lenet5", "lenet5_fp16", "lenet5_int8"]
+    assert [p.name for p in repo.iterdir() if p.name.startswith(".")] == []  # staging cleaned up
+    for name in model_names(repo):
+        assert versions(repo / name) == [1]
+        assert sorted(p.name for p in (repo / name / "1").iterdir()) == ["manifest.json", "model.onnx"]
+        assert read_labels(repo / name) == [str(i) for i in range(10)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_manifest_and_config_read_back(exported, lenet_checkpoint, precision):
+    entry = exported[precision]
+    manifest = Manifest.read(entry.version_dir)
+    name = "lenet5" if precision == "fp32" else f"lenet5_{precision}"
+    assert (manifest.model, manifest.source_model, manifest.precision) == (name, "lenet5", precision)
+    assert manifest.format == "onnx" and manifest.artifact == "model.onnx"
+    assert manifest.sha256 == sha256_file(entry.version_dir / "model.onnx")
+    assert manifest.input_spec == get_model_entry("lenet5").input_spec
+    assert manifest.preprocessing["color"] == "L" and manifest.preprocessing["height"] == 32
+    assert manifest.weights["source"] == "checkpoint"
+    assert manifest.weights["sha256"] == sha256_file(lenet_checkpoint)
+    assert manifest.weights["trained"]["metrics"]["heldout_accuracy"] > 0.97
+    assert manifest.versions["torch"] and manifest.versions["onnxruntime"] and manifest.versions["onnx"]
+    v = manifest.validation
+    assert v["eval_data"] == {"source": "digits:heldout", "samples": 360, "labelled": True}
+    assert v["reference_accuracy"] > 0.97
+    config = read_config(entry.model_dir)
+    assert config.name == name and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 32 and list(config.input[0].dims) == [1, 32, 32]
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 256
+    assert config.parameters["precision"].string_value == precision
+    assert config.parameters["source_model"].string_value == "lenet5"
+    assert config.output[0].label_filename == "labels.txt"
+
+
+def test_accuracies_recorded_and_int8_within_one_point(exported):
+    fp32, fp16, int8 = (Manifest.read(exported[p].version_dir).validation for p in ("fp32", "fp16", "int8"))
+    assert fp32["parity"]["passed"] and fp32["parity"]["max_rel_error"] < 1e-5
+    assert fp32["top1_agreement"] == 1.0 and fp32["accuracy"] == fp32["reference_accuracy"] > 0.97
+    assert fp16["parity"]["passed"] and fp16["top1_agreement"] >= 0.99
+    assert abs(fp16["accuracy"] - fp32["accuracy"]) <= 0.01
+    assert int8["parity"]["passed"] is None  # recorded, not a gate: quantization error is expected
+    assert int8["accuracy_drop_points"] <= 1.0
+    assert int8["accuracy"] >= fp32["accuracy"] - 0.01
+    assert int8["top1_agreement"] >= 0.97
+    q = Manifest.read(exported["int8"].version_dir).quantization
+    assert q["format"] == "QDQ" and q["calibration"]["method"] == "entropy"
+    assert q["calibration"]["source"] == "digits:train" and q["calibration"]["samples"] == 256
+    assert q["quantize_nodes"] > 0 and q["dequantize_nodes"] > q["quantize_nodes"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_served_artifact_reproduces_recorded_accuracy(exported, precision):
+    """What a server does: preprocess with the manifest's spec, run the artifact, compare."""
+    entry = exported[precision]
+    manifest = Manifest.read(entry.version_dir)
+    x, y = digits_split(manifest.input_spec).heldout.arrays()
+    logits = run_session(ort_session(entry.artifact), x, 32)
+    assert logits.dtype == np.float32 and logits.shape == (360, 10)
+    assert (logits.argmax(1) == y).mean() == pytest.approx(manifest.validation["accuracy"])
+
+
+def test_other_calibration_methods(lenet_checkpoint, tmp_path):
+    for version, method in ((1, "percentile"), (2, "minmax")):
+        result = export_model(
+            "lenet5",
+            weights=str(lenet_checkpoint),
+            int8=True,
+            calib_method=method,
+            calib_samples=64,
+            repo=tmp_path,
+            version=version,
+            tensorrt="off",
+        )
+        v = result["int8"].manifest.validation
+        assert result["int8"].manifest.quantization["calibration"]["method"] == method
+        assert v["accuracy_drop_points"] <= 1.0, method
+    assert versions(tmp_path / "lenet5_int8") == [1, 2]

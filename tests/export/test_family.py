@@ -1,0 +1,50 @@
+"""Every registered model exports to ONNX FP32 with random weights and matches PyTorch."""
+
+import pytest
+
+from export import export_model
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from modelrepo.config import read_config
+from modelrepo.manifest import Manifest, sha256_file
+from models import get_model_entry, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_exports_with_parity(name, tmp_path):
+    result = export_model(name, repo=tmp_path, max_batch_size=4, eval_samples=2, tensorrt="off")
+    entry = result["fp32"]
+    manifest = Manifest.read(entry.version_dir)
+    parity = manifest.validation["parity"]
+    assert parity["passed"] is True
+    assert parity["batch_sizes"] == [1, 2, 4]
+    assert parity["max_rel_error"] <= 1e-3
+    assert manifest.sha256 == sha256_file(entry.artifact)
+    spec = get_model_entry(name).input_spec
+    assert manifest.inputs == [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *spec.shape]}]
+    config = read_config(entry.model_dir)
+    assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
+    assert list(config.input[0].dims) == list(spec.shape)
+    assert config.output[0].name == OUTPUT_NAME and config.output[0].dims[0] == len(manifest.labels)
+    assert manifest.validation["onnx"]["opset"] == 18
+
+
+def test_fp16_and_int8_of_an_imagenet_sized_model(tmp_path):
+    result = export_model(
+        "resnet18",
+        fp16=True,
+        int8=True,
+        calib="random",
+        calib_samples=8,
+        calib_method="minmax",
+        repo=tmp_path,
+        max_batch_size=4,
+        eval_samples=4,
+        tensorrt="off",
+    )
+    fp16, int8 = result["fp16"].manifest, result["int8"].manifest
+    assert fp16.validation["parity"]["passed"] and fp16.validation["parity"]["max_rel_error"] < 1e-2
+    assert fp16.validation["top1_agreement"] == 1.0
+    assert int8.quantization["calibration"]["source"].startswith("random")
+    assert int8.validation["accuracy"] is None  # random inputs carry no labels
+    assert int8.validation["parity"]["max_rel_error"] < 0.2
+    assert result["int8"].artifact.stat().st_size < result["fp32"].artifact.stat().st_size / 3
