@@ -1,0 +1,563 @@
+"""The served models: reading the repository, loading versions, and Triton's model control modes.
+
+``none``: load at startup, never change. ``poll``: rescan the repository every ``poll_interval`` seconds and
+reload what changed; the new versions serve as soon as they are ready, and the old ones are unloaded only
+after their in-flight requests finish. ``explicit``: RepositoryModelLoad / RepositoryModelUnload.
+Versions follow the config's version_policy (Triton's default: the latest one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modelrepo.config import ConfigError, read_config
+from modelrepo.layout import CONFIG_NAME, LABELS_NAME, model_names, versions
+from modelrepo.manifest import Manifest, ManifestError, sha256_file
+from modelrepo.preprocess import InputSpec
+from protos import model_config_pb2 as mc
+from service.backends import ArtifactChoice, Backend, choose_artifact, create_backend, instance_devices
+from service.batcher import DEFAULT_MAX_QUEUE_SIZE, BatchPolicy, DynamicBatcher
+from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
+from service.metrics import ServerMetrics
+from service.settings import Settings
+from service.stats import VersionTelemetry
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+# A single-instance model whose one-row batch takes at most this long runs its batches on the event loop:
+# two thread hops per batch cost more than such a batch (and far more on a busy CPU).
+INLINE_ROW_SECONDS = 0.0005
+Fingerprint = tuple
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a request to a model version must look like, and what its answer holds."""
+
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    max_batch_size: int
+    input_spec: InputSpec
+    labels: tuple[str, ...] | None
+    default_timeout: float | None  # seconds (default_queue_policy.default_timeout_microseconds)
+    allow_timeout_override: bool
+
+
+class ServedVersion:
+    """One loaded model version: its backends behind one dynamic batcher, and its telemetry."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        manifest: Manifest,
+        choice: ArtifactChoice,
+        backends: list[Backend],
+        policy: BatchPolicy,
+        io: ModelIO,
+        telemetry: VersionTelemetry,
+        load_seconds: float,
+        fingerprint: Fingerprint,
+        inline: bool = False,
+    ) -> None:
+        self.name, self.version, self.version_str = name, version, str(version)
+        self.config, self.manifest, self.choice, self.io = config, manifest, choice, io
+        self.backends = backends
+        self.backend_kind = backends[0].kind
+        self.precision = choice.precision
+        self.telemetry = telemetry
+        self.load_seconds = load_seconds
+        self.fingerprint = fingerprint
+        self.batcher = DynamicBatcher(
+            f"{name}/{version}", [b.infer for b in backends], policy, telemetry, inline=inline
+        )
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    def start(self) -> None:
+        self.batcher.start()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.telemetry.metrics.load_duration.set(self.load_seconds)
+        self.telemetry.metrics.model_ready.set(1)
+
+    def acquire(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+        self.telemetry.metrics.inflight.inc()
+
+    def release(self) -> None:
+        self._inflight -= 1
+        self.telemetry.metrics.inflight.dec()
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def retire(self, timeout: float) -> None:
+        """Unload once in-flight requests are answered (at most ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        if self._idle is not None and not self._idle.is_set():
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "%s version %d: %d request(s) still in flight after %.1fs; unloading anyway",
+                    self.name,
+                    self.version,
+                    self._inflight,
+                    timeout,
+                )
+        await self.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
+        self.telemetry.metrics.model_ready.set(0)
+        await asyncio.to_thread(_close_backends, self.backends)
+        log.info("unloaded %s version %d", self.name, self.version)
+
+
+def _close_backends(backends: list[Backend]) -> None:
+    for backend in backends:
+        try:
+            backend.close()
+        except Exception as e:
+            log.warning("closing %s failed: %s", backend.describe(), e)
+
+
+# --------------------------------------------------------------------------------------- reading a folder
+
+
+def tree_fingerprint(path: Path) -> Fingerprint:
+    """Name, size and mtime of every file below ``path`` (hidden ones skipped): changes when files do."""
+    entries = []
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            rel = p.relative_to(path)
+            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+                continue
+            st = p.stat()
+            entries.append((str(rel), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list[int]:
+    """Triton's version policy: latest N (default 1), all, or specific versions."""
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return list(available)
+    if which == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in available if v in wanted]
+    n = (policy.latest.num_versions if which == "latest" else 1) or 1
+    return list(available[-n:])
+
+
+def model_io(name: str, config: mc.ModelConfig, manifest: Manifest, model_dir: Path) -> ModelIO:
+    """Check a config.pbtxt + manifest pair describes a servable CNN classifier."""
+    what = f"model {name}"
+    if config.max_batch_size < 1:
+        raise ModelLoadError(
+            f"{what}: max_batch_size must be >= 1 (the batch dimension is implicit), "
+            f"got {config.max_batch_size}"
+        )
+    if len(config.input) != 1 or len(config.output) != 1:
+        raise ModelLoadError(
+            f"{what}: config must have exactly one input and one output, has "
+            f"{len(config.input)} and {len(config.output)}"
+        )
+    inp, out = config.input[0], config.output[0]
+    dims = tuple(int(d) for d in inp.dims)
+    if inp.data_type != mc.TYPE_FP32 or len(dims) != 3 or min(dims) <= 0:
+        raise ModelLoadError(
+            f"{what}: input {inp.name!r} must be TYPE_FP32 with dims [C, H, W], got "
+            f"{mc.DataType.Name(inp.data_type)} {list(dims)}"
+        )
+    if out.data_type != mc.TYPE_FP32 or len(out.dims) != 1 or out.dims[0] <= 0:
+        raise ModelLoadError(
+            f"{what}: output {out.name!r} must be TYPE_FP32 with dims [classes], got "
+            f"{mc.DataType.Name(out.data_type)} {list(out.dims)}"
+        )
+    try:
+        spec = manifest.input_spec
+    except ValueError as e:
+        raise ModelLoadError(f"{what}: manifest preprocessing is invalid: {e}") from None
+    if spec.shape != dims:
+        raise ModelLoadError(
+            f"{what}: manifest preprocessing gives {list(spec.shape)}, config input dims are {list(dims)}"
+        )
+    num_classes = int(out.dims[0])
+    labels_path = model_dir / (out.label_filename or LABELS_NAME)
+    labels = labels_path.read_text().splitlines() if labels_path.is_file() else manifest.labels
+    if labels is not None and len(labels) != num_classes:
+        raise ModelLoadError(
+            f"{what}: {len(labels)} labels ({labels_path.name} or manifest) for {num_classes} classes"
+        )
+    queue_policy = config.dynamic_batching.default_queue_policy
+    timeout_us = queue_policy.default_timeout_microseconds
+    return ModelIO(
+        input_name=inp.name,
+        output_name=out.name,
+        input_shape=dims,
+        num_classes=num_classes,
+        max_batch_size=config.max_batch_size,
+        input_spec=spec,
+        labels=tuple(labels) if labels is not None else None,
+        default_timeout=timeout_us / 1e6 if timeout_us else None,
+        allow_timeout_override=queue_policy.allow_timeout_override or not timeout_us,
+    )
+
+
+def batch_policy(name: str, config: mc.ModelConfig) -> BatchPolicy:
+    try:
+        if not config.HasField("dynamic_batching"):
+            return BatchPolicy(config.max_batch_size, dynamic=False)
+        db = config.dynamic_batching
+        return BatchPolicy(
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
+            max_queue_delay=db.max_queue_delay_microseconds / 1e6,
+            max_queue_size=db.default_queue_policy.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
+        )
+    except ValueError as e:
+        raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
+
+
+def warm_up(name: str, backends: list[Backend], io: ModelIO) -> float:
+    """Run every instance before the version reports ready, checking the output shape against the config.
+
+    Returns the median seconds of a one-row batch on the first instance (to choose inline execution)."""
+    sizes = sorted(
+        {1, min(2, io.max_batch_size)}
+        | ({io.max_batch_size} if any(b.device.startswith("cuda") for b in backends) else set())
+    )
+    for backend in backends:
+        for rows in sizes:
+            try:
+                out = backend.infer(np.zeros((rows, *io.input_shape), dtype=np.float32))
+            except Exception as e:
+                raise ModelLoadError(
+                    f"model {name}: warm-up with batch {rows} on {backend.describe()} failed: {e}"
+                ) from None
+            if out.shape != (rows, io.num_classes):
+                raise ModelLoadError(
+                    f"model {name}: warm-up with batch {rows} returned shape {list(out.shape)}, "
+                    f"the config says [{rows}, {io.num_classes}]"
+                )
+    one_row = np.zeros((1, *io.input_shape), dtype=np.float32)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        backends[0].infer(one_row)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+# ------------------------------------------------------------------------------------------ the manager
+
+
+@dataclass
+class ModelRecord:
+    state: str = UNAVAILABLE
+    reason: str = ""
+    fingerprint: Fingerprint | None = None
+
+
+@dataclass
+class RepositoryEntry:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+OnChange = Callable[[str, bool], Awaitable[None]]
+
+
+@dataclass
+class ModelManager:
+    settings: Settings
+    metrics: ServerMetrics
+    on_change: OnChange | None = None  # awaited with (model name, ready) after each load/unload
+    startup_failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.repo = Path(self.settings.repo)
+        self._routes: dict[str, dict[int, ServedVersion]] = {}
+        self._latest: dict[str, ServedVersion] = {}
+        self._records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._poll_task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the startup models, then start polling (poll mode)."""
+        self._stop = asyncio.Event()
+        mode = self.settings.model_control_mode
+        if not self.repo.is_dir():
+            log.warning("model repository %s does not exist", self.repo)
+        names = list(self.settings.load_model) or (model_names(self.repo) if mode != "explicit" else [])
+        for name in names:
+            try:
+                await self.load(name)
+            except ServeError as e:
+                log.error("cannot load model %s: %s", name, e)
+                self.startup_failures.append(name)
+        if mode == "poll":
+            self._poll_task = asyncio.get_running_loop().create_task(
+                self._poll_loop(), name="repository poll"
+            )
+
+    async def close(self, timeout: float) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+        served = [v for versions in self._routes.values() for v in versions.values()]
+        self._routes.clear()
+        self._latest.clear()
+        await asyncio.gather(*(v.retire(timeout) for v in served))
+
+    # ---------------------------------------------------------------- lookup
+
+    def resolve(self, name: str, version: str = "") -> ServedVersion:
+        """The version serving ``name`` (``version`` "" = the latest loaded); raises ModelNotFound."""
+        if not version:
+            served = self._latest.get(name)
+            if served is None:
+                raise ModelNotFound(self._not_found(name))
+            return served
+        versions = self._routes.get(name)
+        if not versions:
+            raise ModelNotFound(self._not_found(name))
+        try:
+            return versions[int(version)]
+        except (ValueError, KeyError):
+            served = ", ".join(str(v) for v in sorted(versions))
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r} loaded (loaded: {served})"
+            ) from None
+
+    def _not_found(self, name: str) -> str:
+        record = self._records.get(name)
+        if record is not None and record.reason:
+            return f"model {name!r} is not available: {record.reason}"
+        loaded = sorted(self._latest)
+        shown = ", ".join(loaded[:20]) + (", ..." if len(loaded) > 20 else "")
+        return f"unknown model {name!r}; loaded models: {shown or 'none'}"
+
+    def loaded(self) -> list[ServedVersion]:
+        return [v for name in sorted(self._routes) for _, v in sorted(self._routes[name].items())]
+
+    def versions_of(self, name: str) -> list[ServedVersion]:
+        return [v for _, v in sorted(self._routes.get(name, {}).items())]
+
+    def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """Triton's RepositoryIndex: every model on disk or loaded, one entry per loaded version."""
+        names = sorted(set(model_names(self.repo)) | set(self._routes) | set(self._records))
+        out = []
+        for name in names:
+            record = self._records.get(name, ModelRecord())
+            served = self.versions_of(name)
+            if served:
+                out += [RepositoryEntry(name, v.version_str, READY, "") for v in served]
+            elif not ready_only:
+                out.append(RepositoryEntry(name, "", record.state, record.reason))
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return not self.startup_failures
+
+    # -------------------------------------------------------------- control
+
+    def check_explicit(self, action: str) -> None:
+        if self.settings.model_control_mode != "explicit":
+            raise NotAllowed(
+                f"cannot {action} models: the server runs with --model-control-mode "
+                f"{self.settings.model_control_mode}; use explicit to load and unload"
+            )
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name``; on failure the versions already serving keep serving."""
+        async with self._lock(name):
+            model_dir = self.repo / name
+            if "/" in name or name.startswith(".") or not (model_dir / CONFIG_NAME).is_file():
+                raise ModelNotFound(
+                    f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
+                )
+            record = self._records.setdefault(name, ModelRecord())
+            old = dict(self._routes.get(name, {}))
+            if not old:
+                record.state = LOADING
+            record.fingerprint = tree_fingerprint(model_dir)
+            try:
+                new = await asyncio.to_thread(self._prepare, name, model_dir, old)
+            except ServeError as e:
+                record.reason = str(e)
+                if not old:
+                    record.state = UNAVAILABLE
+                raise
+            for served in new.values():
+                if old.get(served.version) is not served:
+                    served.start()
+            self._routes[name] = new
+            self._latest[name] = new[max(new)]
+            record.state, record.reason = READY, ""
+            if self.on_change is not None:
+                await self.on_change(name, True)
+            retired = [v for k, v in old.items() if new.get(k) is not v]
+            await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
+
+    async def unload(self, name: str) -> None:
+        async with self._lock(name):
+            versions_ = self._routes.pop(name, None)
+            self._latest.pop(name, None)
+            if versions_ is None:
+                if not (self.repo / name / CONFIG_NAME).is_file() and name not in self._records:
+                    raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
+                return
+            record = self._records.setdefault(name, ModelRecord())
+            record.state, record.reason = UNLOADING, ""
+            if self.on_change is not None:
+                await self.on_change(name, False)
+            await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
+            record.state, record.reason = UNAVAILABLE, "unloaded"
+
+    # ----------------------------------------------------------------- poll
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.poll_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Load new or changed models, unload removed ones."""
+        on_disk = set(model_names(self.repo))
+        if self.settings.load_model:
+            on_disk &= set(self.settings.load_model)
+        for name in sorted(on_disk):
+            fingerprint = await asyncio.to_thread(tree_fingerprint, self.repo / name)
+            record = self._records.get(name)
+            if record is not None and record.fingerprint == fingerprint:
+                continue
+            log.info("repository change in %s: (re)loading", name)
+            try:
+                await self.load(name)
+            except ServeError as e:
+                log.error("cannot load model %s: %s (the versions already loaded keep serving)", name, e)
+        for name in sorted(set(self._routes) - on_disk):
+            log.info("model %s left the repository: unloading", name)
+            await self.unload(name)
+
+    # ------------------------------------------------------------- building
+
+    def _prepare(self, name: str, model_dir: Path, old: dict[int, ServedVersion]) -> dict[int, ServedVersion]:
+        """Blocking: read the model folder and build the versions to serve (reusing unchanged ones)."""
+        try:
+            config = read_config(model_dir)
+        except ConfigError as e:
+            raise ModelLoadError(str(e)) from None
+        if config.name and config.name != name:
+            raise ModelLoadError(
+                f"{model_dir / CONFIG_NAME} names model {config.name!r}; it must match its folder {name!r}"
+            )
+        config.name = name
+        available = versions(model_dir)
+        selected = select_versions(config.version_policy, available)
+        if not selected:
+            raise ModelLoadError(
+                f"model {name}: no version folder matches the version policy (found {available or 'none'})"
+            )
+        config_fp = tree_fingerprint(model_dir)  # narrowed below to the files outside version folders
+        config_fp = tuple(e for e in config_fp if not e[0].split("/")[0].isdigit())
+        built: dict[int, ServedVersion] = {}
+        try:
+            for version in selected:
+                version_dir = model_dir / str(version)
+                fingerprint = (config_fp, tree_fingerprint(version_dir))
+                previous = old.get(version)
+                if previous is not None and previous.fingerprint == fingerprint:
+                    built[version] = previous
+                else:
+                    built[version] = self._build_version(name, version, version_dir, config, fingerprint)
+        except BaseException:
+            _close_backends([b for v in built.values() if old.get(v.version) is not v for b in v.backends])
+            raise
+        return built
+
+    def _build_version(
+        self, name: str, version: int, version_dir: Path, config: mc.ModelConfig, fingerprint: Fingerprint
+    ) -> ServedVersion:
+        started = time.monotonic()
+        try:
+            manifest = Manifest.read(version_dir)
+        except ManifestError as e:
+            raise ModelLoadError(f"model {name} version {version}: {e}") from None
+        io = model_io(name, config, manifest, version_dir.parent)
+        policy = batch_policy(name, config)
+        choice = choose_artifact(manifest, version_dir, self.settings.device)
+        if not choice.path.is_file():
+            raise ModelLoadError(f"model {name} version {version}: artifact {choice.path} does not exist")
+        digest = sha256_file(choice.path)
+        if digest != choice.sha256:
+            raise ModelLoadError(
+                f"model {name} version {version}: sha256 of {choice.path.name} is {digest}, the "
+                f"manifest records {choice.sha256} (corrupt or replaced artifact)"
+            )
+        devices = instance_devices(config, choice.device)
+        backends: list[Backend] = []
+        try:
+            for device in devices:
+                backends.append(create_backend(choice, config, device, devices.count("cpu")))
+            row_seconds = warm_up(name, backends, io)
+        except BaseException:
+            _close_backends(backends)
+            raise
+        metrics = self.metrics.for_version(name, str(version), backends[0].kind, choice.precision)
+        seconds = time.monotonic() - started
+        log.info(
+            "loaded %s version %d: %s x%d, %s, %s, in %.2fs (one row: %.2f ms)",
+            name,
+            version,
+            backends[0].describe(),
+            len(backends),
+            choice.path.name,
+            choice.precision,
+            seconds,
+            row_seconds * 1e3,
+        )
+        return ServedVersion(
+            name=name,
+            version=version,
+            config=config,
+            manifest=manifest,
+            choice=choice,
+            backends=backends,
+            policy=policy,
+            io=io,
+            telemetry=VersionTelemetry(metrics),
+            load_seconds=seconds,
+            fingerprint=fingerprint,
+            inline=row_seconds <= INLINE_ROW_SECONDS,
+        )
