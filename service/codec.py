@@ -64,7 +64,7 @@ def numeric_array(
     if dtype is None:
         raise InvalidInput(f"{what}: datatype {tensor.datatype!r} is not a numeric KServe v2 datatype")
     shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
     count = element_count(shape)
     if raw is not None:

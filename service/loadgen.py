@@ -39,6 +39,7 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     first_error: str = ""
+    total_requests: int = 0  # answered while warming up and measuring (for per-request resource use)
 
     @property
     def requests_per_s(self) -> float:
@@ -76,6 +77,7 @@ async def closed_loop(
     ]
     latencies: list[float] = []
     errors = 0
+    total = 1
     first_error = ""
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         call = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: no (de)serialization cost
@@ -86,7 +88,7 @@ async def closed_loop(
         end = measure_from + duration
 
         async def caller() -> None:
-            nonlocal errors, first_error
+            nonlocal errors, first_error, total
             while True:
                 t0 = time.perf_counter()
                 if loop.time() >= end:
@@ -98,6 +100,7 @@ async def closed_loop(
                         errors += 1
                         first_error = first_error or f"{e.code().name}: {e.details()}"
                     continue
+                total += 1
                 if loop.time() >= measure_from:
                     latencies.append(time.perf_counter() - t0)
 
@@ -114,6 +117,7 @@ async def closed_loop(
         p90_ms=p90,
         p99_ms=p99,
         first_error=first_error,
+        total_requests=total,
     )
 
 

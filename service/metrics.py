@@ -1,7 +1,9 @@
-"""Prometheus metrics with the names of docs/ARCHITECTURE.md, on the server's own registry.
+"""Prometheus exposition with the names of docs/ARCHITECTURE.md, on the server's own registry.
 
-Latencies are histograms (aggregatable across replicas), in seconds. GPU gauges come from NVML, read at
-scrape time, and exist only where NVML finds a GPU.
+The values live in :class:`service.stats.VersionTelemetry` objects (plain counters updated on the event
+loop); a custom collector turns them into metric families at scrape time, so a request costs no metric
+locks. Latencies are histograms (aggregatable across replicas), in seconds. GPU gauges come from NVML,
+read at scrape time, and exist only where NVML finds a GPU.
 """
 
 from __future__ import annotations
@@ -10,114 +12,45 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    start_http_server,
-)
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from service.stats import OUTCOMES, VersionTelemetry
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
-OUTCOMES = (
-    "success",
-    "invalid_argument",
-    "not_found",
-    "resource_exhausted",
-    "deadline_exceeded",
-    "internal",
-    "unavailable",
-    "cancelled",
-)
 UNKNOWN_MODEL = "_unknown"  # the `model` label of requests for models the server does not serve
+MV = ["model", "version"]
 
 
 class ServerMetrics:
-    """Every metric family of the server, registered on ``registry`` (a fresh one by default)."""
+    """The telemetry of every model version ever loaded, and the registry that exposes it."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, gpu: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r, mv = self.registry, ("model", "version")
-        self.request_duration = Histogram(
-            "cnnserve_request_duration_seconds",
-            "Seconds from receipt of a ModelInfer request to its response (successful requests)",
-            mv,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_duration = Histogram(
-            "cnnserve_queue_duration_seconds",
-            "Seconds a request waited in the batcher queue",
-            mv,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.compute_duration = Histogram(
-            "cnnserve_compute_duration_seconds",
-            "Seconds of one batch's backend call",
-            (*mv, "backend", "precision"),
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "cnnserve_batch_size", "Rows per executed batch", mv, buckets=BATCH_BUCKETS, registry=r
-        )
-        self.requests = Counter(
-            "cnnserve_requests_total", "ModelInfer requests by outcome", (*mv, "outcome"), registry=r
-        )
-        self.rows = Counter("cnnserve_inference_rows_total", "Rows (images) inferred", mv, registry=r)
-        self.queue_depth = Gauge(
-            "cnnserve_queue_depth", "Requests waiting in the batcher queue", mv, registry=r
-        )
-        self.inflight = Gauge(
-            "cnnserve_inflight_requests", "Requests accepted and not yet answered", mv, registry=r
-        )
-        self.load_duration = Gauge(
-            "cnnserve_model_load_duration_seconds",
-            "Seconds the last load of the model version took, warm-up included",
-            (*mv, "backend"),
-            registry=r,
-        )
-        self.model_ready = Gauge(
-            "cnnserve_model_ready",
-            "1 when the model version is loaded and ready",
-            (*mv, "backend", "precision"),
-            registry=r,
-        )
-        ProcessCollector(registry=r)
+        self._versions: dict[tuple[str, str, str, str], VersionTelemetry] = {}
+        self.unknown_model = dict.fromkeys(OUTCOMES, 0)
+        self.registry.register(_ServingCollector(self))
+        ProcessCollector(registry=self.registry)
         if gpu:
             nvml = NvmlCollector.create()
             if nvml is not None:
-                r.register(nvml)
+                self.registry.register(nvml)
 
-    def for_version(self, model: str, version: str, backend: str, precision: str) -> VersionMetrics:
-        return VersionMetrics(self, model, version, backend, precision)
+    def telemetry(self, model: str, version: str, backend: str, precision: str) -> VersionTelemetry:
+        """The telemetry of a label set; a reload of the same version continues its counters."""
+        key = (model, version, backend, precision)
+        found = self._versions.get(key)
+        if found is None:
+            found = self._versions[key] = VersionTelemetry(*key)
+        return found
+
+    def versions(self) -> list[VersionTelemetry]:
+        return list(self._versions.values())
 
     def count_unknown_model(self, outcome: str) -> None:
-        self.requests.labels(UNKNOWN_MODEL, "", outcome).inc()
+        self.unknown_model[outcome] += 1
 
     def serve(self, host: str, port: int) -> tuple[Any, int]:
         """Serve /metrics over HTTP in a daemon thread; returns (server, bound port)."""
@@ -125,23 +58,68 @@ class ServerMetrics:
         return server, server.server_port
 
 
-class VersionMetrics:
-    """The labelled children of one model version, looked up once (not per request)."""
+class _ServingCollector(Collector):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
 
-    def __init__(
-        self, metrics: ServerMetrics, model: str, version: str, backend: str, precision: str
-    ) -> None:
-        mv = (model, version)
-        self.request_duration = metrics.request_duration.labels(*mv)
-        self.queue_duration = metrics.queue_duration.labels(*mv)
-        self.compute_duration = metrics.compute_duration.labels(*mv, backend, precision)
-        self.batch_size = metrics.batch_size.labels(*mv)
-        self.rows = metrics.rows.labels(*mv)
-        self.queue_depth = metrics.queue_depth.labels(*mv)
-        self.inflight = metrics.inflight.labels(*mv)
-        self.load_duration = metrics.load_duration.labels(*mv, backend)
-        self.model_ready = metrics.model_ready.labels(*mv, backend, precision)
-        self.outcomes = {outcome: metrics.requests.labels(*mv, outcome) for outcome in OUTCOMES}
+    def collect(self) -> Iterator[Any]:
+        versions = self._metrics.versions()
+        histograms = (
+            (
+                "cnnserve_request_duration_seconds",
+                "Seconds from receipt of a ModelInfer request to its response (successful requests)",
+                "request",
+                False,
+            ),
+            (
+                "cnnserve_queue_duration_seconds",
+                "Seconds a request waited in the batcher queue",
+                "queue",
+                False,
+            ),
+            ("cnnserve_compute_duration_seconds", "Seconds of one batch's backend call", "compute", True),
+            ("cnnserve_batch_size", "Rows per executed batch", "batch", False),
+        )
+        for name, doc, attribute, with_backend in histograms:
+            family = HistogramMetricFamily(
+                name, doc, labels=[*MV, "backend", "precision"] if with_backend else MV
+            )
+            for t in versions:
+                buckets, total = getattr(t, attribute).cumulative()
+                family.add_metric(list(t.labels) if with_backend else list(t.labels[:2]), buckets, total)
+            yield family
+        requests = CounterMetricFamily(
+            "cnnserve_requests", "ModelInfer requests by outcome", labels=[*MV, "outcome"]
+        )
+        for t in versions:
+            for outcome, n in t.outcomes.items():
+                requests.add_metric([*t.labels[:2], outcome], n)
+        for outcome, n in self._metrics.unknown_model.items():
+            requests.add_metric([UNKNOWN_MODEL, "", outcome], n)
+        yield requests
+        rows = CounterMetricFamily("cnnserve_inference_rows", "Rows (images) inferred", labels=MV)
+        depth = GaugeMetricFamily("cnnserve_queue_depth", "Requests waiting in the batcher queue", labels=MV)
+        inflight = GaugeMetricFamily(
+            "cnnserve_inflight_requests", "Requests accepted and not yet answered", labels=MV
+        )
+        load = GaugeMetricFamily(
+            "cnnserve_model_load_duration_seconds",
+            "Seconds the last load of the model version took, warm-up included",
+            labels=[*MV, "backend"],
+        )
+        ready = GaugeMetricFamily(
+            "cnnserve_model_ready",
+            "1 when the model version is loaded and ready",
+            labels=[*MV, "backend", "precision"],
+        )
+        for t in versions:
+            mv = list(t.labels[:2])
+            rows.add_metric(mv, t.rows)
+            depth.add_metric(mv, t.queue_depth())
+            inflight.add_metric(mv, t.inflight())
+            load.add_metric(list(t.labels[:3]), t.load_seconds)
+            ready.add_metric(list(t.labels), 1.0 if t.ready else 0.0)
+        yield from (rows, depth, inflight, load, ready)
 
 
 class NvmlCollector(Collector):

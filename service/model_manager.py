@@ -22,7 +22,14 @@ from modelrepo.layout import CONFIG_NAME, LABELS_NAME, model_names, versions
 from modelrepo.manifest import Manifest, ManifestError, sha256_file
 from modelrepo.preprocess import InputSpec
 from protos import model_config_pb2 as mc
-from service.backends import ArtifactChoice, Backend, choose_artifact, create_backend, instance_devices
+from service.backends import (
+    ArtifactChoice,
+    Backend,
+    choose_artifact,
+    configured_threads,
+    create_backend,
+    instance_devices,
+)
 from service.batcher import DEFAULT_MAX_QUEUE_SIZE, BatchPolicy, DynamicBatcher
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
 from service.metrics import ServerMetrics
@@ -90,17 +97,18 @@ class ServedVersion:
         self.batcher.start()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.telemetry.metrics.load_duration.set(self.load_seconds)
-        self.telemetry.metrics.model_ready.set(1)
+        telemetry = self.telemetry
+        telemetry.owner = self  # a reload of the same version takes the telemetry over
+        telemetry.ready, telemetry.load_seconds = True, self.load_seconds
+        telemetry.queue_depth = lambda: self.batcher.queue_depth
+        telemetry.inflight = lambda: self._inflight
 
     def acquire(self) -> None:
         self._inflight += 1
         self._idle.clear()
-        self.telemetry.metrics.inflight.inc()
 
     def release(self) -> None:
         self._inflight -= 1
-        self.telemetry.metrics.inflight.dec()
         if self._inflight == 0:
             self._idle.set()
 
@@ -119,7 +127,10 @@ class ServedVersion:
                     timeout,
                 )
         await self.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
-        self.telemetry.metrics.model_ready.set(0)
+        telemetry = self.telemetry
+        if telemetry.owner is self:
+            telemetry.ready = False
+            telemetry.queue_depth = telemetry.inflight = lambda: 0
         await asyncio.to_thread(_close_backends, self.backends)
         log.info("unloaded %s version %d", self.name, self.version)
 
@@ -531,10 +542,17 @@ class ModelManager:
             for device in devices:
                 backends.append(create_backend(choice, config, device, devices.count("cpu")))
             row_seconds = warm_up(name, backends, io)
+            inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
+            if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
+                # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
+                single = create_backend(choice, config, "cpu", 1, threads=1)
+                backends.append(single)
+                warm_up(name, [single], io)
+                backends.pop(0).close()
         except BaseException:
             _close_backends(backends)
             raise
-        metrics = self.metrics.for_version(name, str(version), backends[0].kind, choice.precision)
+        telemetry = self.metrics.telemetry(name, str(version), backends[0].kind, choice.precision)
         seconds = time.monotonic() - started
         log.info(
             "loaded %s version %d: %s x%d, %s, %s, in %.2fs (one row: %.2f ms)",
@@ -556,8 +574,8 @@ class ModelManager:
             backends=backends,
             policy=policy,
             io=io,
-            telemetry=VersionTelemetry(metrics),
+            telemetry=telemetry,
             load_seconds=seconds,
             fingerprint=fingerprint,
-            inline=row_seconds <= INLINE_ROW_SECONDS,
+            inline=inline,
         )

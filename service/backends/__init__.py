@@ -118,6 +118,11 @@ def instance_devices(config: mc.ModelConfig, device: str) -> list[str]:
     return devices
 
 
+def configured_threads(config: mc.ModelConfig) -> int:
+    """The config's ``intra_op_thread_count`` parameter (Triton's onnxruntime backend name); 0 if unset."""
+    return _int_parameter(config, "intra_op_thread_count")
+
+
 def _int_parameter(config: mc.ModelConfig, key: str) -> int:
     if key not in config.parameters:
         return 0
@@ -137,14 +142,15 @@ def _gpu_accelerator(config: mc.ModelConfig) -> tuple[str | None, bool]:
 
 
 def create_backend(
-    choice: ArtifactChoice, config: mc.ModelConfig, device: str, cpu_instances: int
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, cpu_instances: int, threads: int = 0
 ) -> Backend:
-    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>")."""
+    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>"). onnxruntime's intra-op threads:
+    ``threads``, else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances."""
     input_name, output_name = config.input[0].name, config.output[0].name
     if choice.format == "onnx":
         from service.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        threads = _int_parameter(config, "intra_op_thread_count")
+        threads = threads or _int_parameter(config, "intra_op_thread_count")
         if not threads and device == "cpu":
             threads = max(1, (os.cpu_count() or 1) // max(1, cpu_instances))
         accelerator, fp16 = _gpu_accelerator(config)

@@ -84,10 +84,12 @@ class OnnxRuntimeBackend(Backend):
             raise ModelLoadError(f"{path} has outputs {outputs}, but the config names output {output_name!r}")
         self.input_name, self.output_names = input_name, [output_name]
         self.device = device
+        self.threads = threads
         self.providers = self.session.get_providers()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self.output_names, {self.input_name: batch})[0]
 
     def describe(self) -> str:
-        return f"onnxruntime on {self.device} ({', '.join(self.providers)})"
+        threads = f", {self.threads} intra-op threads" if self.threads else ""
+        return f"onnxruntime on {self.device} ({', '.join(self.providers)}{threads})"

@@ -63,7 +63,8 @@ def test_loads_and_decides_inline_execution(repo):
     )
     assert served.io.input_shape == (1, 32, 32) and served.io.num_classes == 10
     assert served.io.labels == tuple(str(i) for i in range(10))
-    assert served.batcher.inline  # LeNet-5 takes microseconds: no thread hop per batch
+    assert served.batcher.inline  # LeNet-5 takes microseconds: no thread hop per batch...
+    assert served.backends[0].threads == 1  # ...and no intra-op thread pool
 
 
 @pytest.mark.parametrize(
