@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from service.app import serve  # after logging is configured; imports grpc and the backends' deps
 
-    return asyncio.run(serve(settings))
+    try:
+        return asyncio.run(serve(settings))
+    except OSError as e:
+        logging.getLogger("service").error("%s", e)
+        return 1
 
 
 if __name__ == "__main__":

@@ -36,7 +36,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     metrics = ServerMetrics()
-    metrics_server, metrics_port = metrics.serve(settings.host, settings.metrics_port)
+    try:
+        metrics_server, metrics_port = metrics.serve(settings.host, settings.metrics_port)
+    except OSError as e:
+        raise OSError(
+            f"cannot serve metrics on {settings.host}:{settings.metrics_port} (port in use?): {e}"
+        ) from None
     log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
 
     health = HealthServicer()

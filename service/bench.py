@@ -231,12 +231,15 @@ def ratios(rows: list[Row]) -> dict[str, float]:
         out["resnet18: best served images/s vs best onnxruntime in-process"] = (
             max(r.rows_per_s for r in served) / best_ort
         )
+        best_cpu = min((r.cpu_us_per_row for r in ort_rows if r.cpu_us_per_row), default=None)
         for c in sorted({r.concurrency for r in served}):
             row = by.get(("resnet18", "server (batching)", c))
             if row:
                 out[f"resnet18 c={c}: served images/s vs best onnxruntime in-process"] = (
                     row.rows_per_s / best_ort
                 )
+                if best_cpu and row.cpu_us_per_row:
+                    out[f"resnet18 c={c}: CPU per image, onnxruntime/server"] = best_cpu / row.cpu_us_per_row
     return out
 
 

@@ -166,7 +166,10 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpcio's "Failed to bind to address ..."
+        raise OSError(f"cannot bind gRPC to {address} (port in use?): {e}") from None
     if bound == 0:
-        raise OSError(f"cannot bind gRPC to {address}")
+        raise OSError(f"cannot bind gRPC to {address} (port in use?)")
     return server, bound

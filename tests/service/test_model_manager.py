@@ -83,6 +83,8 @@ def test_loads_and_decides_inline_execution(repo):
         ("garbage_config", "is not a valid ModelConfig"),
         ("fixed_batch", "warm-up with batch 2 on onnxruntime"),
         ("outputs", "warm-up with batch 1 returned shape [1, 10], the config says [1, 12]"),
+        ("spinning", "parameter allow_spinning must be 0/1/true/false, got 'maybe'"),
+        ("threads", "parameter intra_op_thread_count must be an integer, got 'many'"),
     ],
 )
 def test_broken_entries_are_refused_with_the_reason(repo, breakage, message):
@@ -120,7 +122,11 @@ def test_broken_entries_are_refused_with_the_reason(repo, breakage, message):
     elif breakage == "outputs":
         config.output[0].dims[0] = 12
         (model_dir / "labels.txt").write_text("".join(f"{i}\n" for i in range(12)))
-    if breakage in ("name", "dims", "batch", "preferred", "outputs"):
+    elif breakage == "spinning":
+        config.parameters["allow_spinning"].string_value = "maybe"
+    elif breakage == "threads":
+        config.parameters["intra_op_thread_count"].string_value = "many"
+    if breakage in ("name", "dims", "batch", "preferred", "outputs", "spinning", "threads"):
         write_config(model_dir, config)
     assert message in load_error(repo, "lenet5")
 

@@ -204,3 +204,18 @@ def test_healthcheck_cli(server):
         timeout=60,
     )
     assert with_socket_closed.returncode == 1 and "UNAVAILABLE" in with_socket_closed.stderr
+
+
+def test_a_busy_port_is_a_clear_error(server, model_repo):
+    port = server.address.rsplit(":", 1)[1]
+    args = ["--repo", str(model_repo), "--host", "127.0.0.1", "--grpc-port", port, "--metrics-port", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *args, "--model-control-mode", "explicit"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"cannot bind gRPC to 127.0.0.1:{port} (port in use?)" in done.stderr
+    assert "Traceback" not in done.stderr
