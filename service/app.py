@@ -14,7 +14,7 @@ import signal
 import time
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from service.core import InferenceCore
 from service.grpc_server import LIVENESS, SERVICE_NAME, build_server
@@ -44,7 +44,7 @@ async def serve(settings: Settings) -> int:
         ) from None
     log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
 
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     for service in ("", SERVICE_NAME):
         await health.set(service, NOT_SERVING)
     await health.set(LIVENESS, SERVING)

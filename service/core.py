@@ -21,7 +21,8 @@ from protos import model_config_pb2 as mc
 from service.codec import bytes_elements, numeric_array, serialize_bytes
 from service.errors import InvalidInput, ModelNotFound, ServeError, Unavailable
 from service.metrics import ServerMetrics
-from service.model_manager import ModelIO, ModelManager, RepositoryEntry, ServedVersion
+from service.model_manager import ModelManager, RepositoryEntry, ServedVersion
+from service.repository import ModelIO
 
 SERVER_NAME = "cnnserve"
 IMAGE_INPUT = "image"  # BYTES, one encoded image per batch row

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
@@ -158,7 +158,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def build_server(
-    core: InferenceCore, health: HealthServicer, host: str, port: int, max_message_bytes: int
+    core: InferenceCore, health: health_aio.HealthServicer, host: str, port: int, max_message_bytes: int
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with the inference, health and reflection services; returns it and its bound port."""
     server = grpc.aio.server(options=server_options(max_message_bytes))

@@ -1,4 +1,4 @@
-"""The served models: reading the repository, loading versions, and Triton's model control modes.
+"""The served models: loading versions behind their batchers, and Triton's model control modes.
 
 ``none``: load at startup, never change. ``poll``: rescan the repository every ``poll_interval`` seconds and
 reload what changed; the new versions serve as soon as they are ready, and the old ones are unloaded only
@@ -12,15 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from modelrepo.config import ConfigError, read_config
-from modelrepo.layout import CONFIG_NAME, LABELS_NAME, model_names, versions
+from modelrepo.layout import CONFIG_NAME, model_names, versions
 from modelrepo.manifest import Manifest, ManifestError, sha256_file
-from modelrepo.preprocess import InputSpec
 from protos import model_config_pb2 as mc
 from service.backends import (
     ArtifactChoice,
@@ -30,9 +27,18 @@ from service.backends import (
     create_backend,
     instance_devices,
 )
-from service.batcher import DEFAULT_MAX_QUEUE_SIZE, BatchPolicy, DynamicBatcher
+from service.batcher import BatchPolicy, DynamicBatcher
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
 from service.metrics import ServerMetrics
+from service.repository import (
+    Fingerprint,
+    ModelIO,
+    batch_policy,
+    model_io,
+    select_versions,
+    tree_fingerprint,
+    warm_up,
+)
 from service.settings import Settings
 from service.stats import VersionTelemetry
 
@@ -42,22 +48,6 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 # A single-instance model whose one-row batch takes at most this long runs its batches on the event loop:
 # two thread hops per batch cost more than such a batch (and far more on a busy CPU).
 INLINE_ROW_SECONDS = 0.0005
-Fingerprint = tuple
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    """What a request to a model version must look like, and what its answer holds."""
-
-    input_name: str
-    output_name: str
-    input_shape: tuple[int, int, int]  # C, H, W
-    num_classes: int
-    max_batch_size: int
-    input_spec: InputSpec
-    labels: tuple[str, ...] | None
-    default_timeout: float | None  # seconds (default_queue_policy.default_timeout_microseconds)
-    allow_timeout_override: bool
 
 
 class ServedVersion:
@@ -143,134 +133,6 @@ def _close_backends(backends: list[Backend]) -> None:
             log.warning("closing %s failed: %s", backend.describe(), e)
 
 
-# --------------------------------------------------------------------------------------- reading a folder
-
-
-def tree_fingerprint(path: Path) -> Fingerprint:
-    """Name, size and mtime of every file below ``path`` (hidden ones skipped): changes when files do."""
-    entries = []
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            rel = p.relative_to(path)
-            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-                continue
-            st = p.stat()
-            entries.append((str(rel), st.st_size, st.st_mtime_ns))
-    return tuple(entries)
-
-
-def select_versions(policy: mc.ModelVersionPolicy, available: list[int]) -> list[int]:
-    """Triton's version policy: latest N (default 1), all, or specific versions."""
-    which = policy.WhichOneof("policy_choice")
-    if which == "all":
-        return list(available)
-    if which == "specific":
-        wanted = set(policy.specific.versions)
-        return [v for v in available if v in wanted]
-    n = (policy.latest.num_versions if which == "latest" else 1) or 1
-    return list(available[-n:])
-
-
-def model_io(name: str, config: mc.ModelConfig, manifest: Manifest, model_dir: Path) -> ModelIO:
-    """Check a config.pbtxt + manifest pair describes a servable CNN classifier."""
-    what = f"model {name}"
-    if config.max_batch_size < 1:
-        raise ModelLoadError(
-            f"{what}: max_batch_size must be >= 1 (the batch dimension is implicit), "
-            f"got {config.max_batch_size}"
-        )
-    if len(config.input) != 1 or len(config.output) != 1:
-        raise ModelLoadError(
-            f"{what}: config must have exactly one input and one output, has "
-            f"{len(config.input)} and {len(config.output)}"
-        )
-    inp, out = config.input[0], config.output[0]
-    dims = tuple(int(d) for d in inp.dims)
-    if inp.data_type != mc.TYPE_FP32 or len(dims) != 3 or min(dims) <= 0:
-        raise ModelLoadError(
-            f"{what}: input {inp.name!r} must be TYPE_FP32 with dims [C, H, W], got "
-            f"{mc.DataType.Name(inp.data_type)} {list(dims)}"
-        )
-    if out.data_type != mc.TYPE_FP32 or len(out.dims) != 1 or out.dims[0] <= 0:
-        raise ModelLoadError(
-            f"{what}: output {out.name!r} must be TYPE_FP32 with dims [classes], got "
-            f"{mc.DataType.Name(out.data_type)} {list(out.dims)}"
-        )
-    try:
-        spec = manifest.input_spec
-    except ValueError as e:
-        raise ModelLoadError(f"{what}: manifest preprocessing is invalid: {e}") from None
-    if spec.shape != dims:
-        raise ModelLoadError(
-            f"{what}: manifest preprocessing gives {list(spec.shape)}, config input dims are {list(dims)}"
-        )
-    num_classes = int(out.dims[0])
-    labels_path = model_dir / (out.label_filename or LABELS_NAME)
-    labels = labels_path.read_text().splitlines() if labels_path.is_file() else manifest.labels
-    if labels is not None and len(labels) != num_classes:
-        raise ModelLoadError(
-            f"{what}: {len(labels)} labels ({labels_path.name} or manifest) for {num_classes} classes"
-        )
-    queue_policy = config.dynamic_batching.default_queue_policy
-    timeout_us = queue_policy.default_timeout_microseconds
-    return ModelIO(
-        input_name=inp.name,
-        output_name=out.name,
-        input_shape=dims,
-        num_classes=num_classes,
-        max_batch_size=config.max_batch_size,
-        input_spec=spec,
-        labels=tuple(labels) if labels is not None else None,
-        default_timeout=timeout_us / 1e6 if timeout_us else None,
-        allow_timeout_override=queue_policy.allow_timeout_override or not timeout_us,
-    )
-
-
-def batch_policy(name: str, config: mc.ModelConfig) -> BatchPolicy:
-    try:
-        if not config.HasField("dynamic_batching"):
-            return BatchPolicy(config.max_batch_size, dynamic=False)
-        db = config.dynamic_batching
-        return BatchPolicy(
-            max_batch_size=config.max_batch_size,
-            preferred_batch_sizes=tuple(sorted(set(db.preferred_batch_size))),
-            max_queue_delay=db.max_queue_delay_microseconds / 1e6,
-            max_queue_size=db.default_queue_policy.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
-        )
-    except ValueError as e:
-        raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
-
-
-def warm_up(name: str, backends: list[Backend], io: ModelIO) -> float:
-    """Run every instance before the version reports ready, checking the output shape against the config.
-
-    Returns the median seconds of a one-row batch on the first instance (to choose inline execution)."""
-    sizes = sorted(
-        {1, min(2, io.max_batch_size)}
-        | ({io.max_batch_size} if any(b.device.startswith("cuda") for b in backends) else set())
-    )
-    for backend in backends:
-        for rows in sizes:
-            try:
-                out = backend.infer(np.zeros((rows, *io.input_shape), dtype=np.float32))
-            except Exception as e:
-                raise ModelLoadError(
-                    f"model {name}: warm-up with batch {rows} on {backend.describe()} failed: {e}"
-                ) from None
-            if out.shape != (rows, io.num_classes):
-                raise ModelLoadError(
-                    f"model {name}: warm-up with batch {rows} returned shape {list(out.shape)}, "
-                    f"the config says [{rows}, {io.num_classes}]"
-                )
-    one_row = np.zeros((1, *io.input_shape), dtype=np.float32)
-    times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        backends[0].infer(one_row)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
 # ------------------------------------------------------------------------------------------ the manager
 
 
@@ -292,15 +154,15 @@ class RepositoryEntry:
 OnChange = Callable[[str, bool], Awaitable[None]]
 
 
-@dataclass
 class ModelManager:
-    settings: Settings
-    metrics: ServerMetrics
-    on_change: OnChange | None = None  # awaited with (model name, ready) after each load/unload
-    startup_failures: list[str] = field(default_factory=list)
+    """Every served model version, and the loading, unloading and polling that change them."""
 
-    def __post_init__(self) -> None:
-        self.repo = Path(self.settings.repo)
+    def __init__(self, settings: Settings, metrics: ServerMetrics, on_change: OnChange | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_change = on_change  # awaited with (model name, ready) after each load/unload
+        self.startup_failures: list[str] = []
+        self.repo = Path(settings.repo)
         self._routes: dict[str, dict[int, ServedVersion]] = {}
         self._latest: dict[str, ServedVersion] = {}
         self._records: dict[str, ModelRecord] = {}

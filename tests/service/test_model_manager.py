@@ -16,7 +16,8 @@ from modelrepo.manifest import Artifact, Manifest, sha256_file
 from protos import model_config_pb2 as mc
 from service.errors import ModelLoadError, ModelNotFound
 from service.metrics import ServerMetrics
-from service.model_manager import ModelManager, select_versions
+from service.model_manager import ModelManager
+from service.repository import select_versions
 from service.settings import Settings
 
 
