@@ -238,6 +238,11 @@ def ratios(rows: list[Row]) -> dict[str, float]:
                 out[f"resnet18 c={c}: served images/s vs best onnxruntime in-process"] = (
                     row.rows_per_s / best_ort
                 )
+                batch = min(MAX_BATCH, c)
+                same = by.get(("resnet18", f"onnxruntime in-process (batch {batch})", 0))
+                if same:
+                    key = f"resnet18 c={c}: served images/s vs onnxruntime in-process at batch {batch}"
+                    out[key] = row.rows_per_s / same.rows_per_s
                 if best_cpu and row.cpu_us_per_row:
                     out[f"resnet18 c={c}: CPU per image, onnxruntime/server"] = best_cpu / row.cpu_us_per_row
     return out
