@@ -1,0 +1,30 @@
+"""``python -m service --repo DIR [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode MODE]``"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from service.settings import SettingsError, build_parser, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except SettingsError as e:
+        build_parser().error(str(e))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from service.app import serve  # after logging is configured; imports grpc and the backends' deps
+
+    try:
+        return asyncio.run(serve(settings))
+    except OSError as e:
+        logging.getLogger("service").error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Triton-style dynamic batching: pure batch planning, and one asyncio task per model instance.
+
+A model version has one bounded queue shared by its instances. Each instance's task takes the next batch
+when it is free, so requests that arrive while every instance computes are batched together even with
+``max_queue_delay`` 0. Inference runs in a thread per instance (onnxruntime, TensorRT and torch release
+the GIL), so the event loop keeps accepting requests while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
+
+log = logging.getLogger(__name__)
+
+# Triton's max_queue_size 0 means unbounded; we never run an unbounded queue, so 0 means this many requests.
+DEFAULT_MAX_QUEUE_SIZE = 4096
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The scheduling part of a model's config.pbtxt."""
+
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay: float = 0.0  # seconds (config: max_queue_delay_microseconds)
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests
+    dynamic: bool = True  # False (no dynamic_batching in the config): each request is its own batch
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        bad = [p for p in self.preferred_batch_sizes if not 1 <= p <= self.max_batch_size]
+        if bad:
+            raise ValueError(
+                f"preferred_batch_size {bad} must lie in 1..max_batch_size ({self.max_batch_size})"
+            )
+        if self.max_queue_delay < 0:
+            raise ValueError(f"max_queue_delay must be >= 0, got {self.max_queue_delay}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+
+
+def plan_batch(rows: Iterable[int], policy: BatchPolicy, delay_expired: bool) -> int:
+    """How many requests from the head of the queue to run now (0: wait for more).
+
+    ``rows`` are the row counts of the queued requests, oldest first. A request is never split and never
+    overtaken. Triton's rules: the largest preferred batch size that can be formed goes at once; otherwise
+    a batch goes when it is full (``max_batch_size`` rows, or the next request would not fit), when the
+    oldest request has waited ``max_queue_delay`` (``delay_expired``), or at once when the delay is 0.
+    """
+    if not policy.dynamic:
+        return 1 if any(True for _ in rows) else 0
+    preferred = policy.preferred_batch_sizes
+    limit = max(preferred) if preferred else policy.max_batch_size
+    taken = total = best_preferred = 0
+    full = False
+    for r in rows:
+        if total + r > policy.max_batch_size:
+            full = True  # the next request cannot join: this batch cannot grow
+            break
+        total += r
+        taken += 1
+        if total in preferred:
+            best_preferred = taken
+        if total >= limit:
+            full = True
+            break
+    if taken == 0:
+        return 0
+    if best_preferred:
+        return best_preferred
+    if full or delay_expired or policy.max_queue_delay == 0:
+        return taken
+    return 0
+
+
+def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One batch from the requests' arrays (no copy for a single request)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays, axis=0)
+
+
+def split_rows(output: np.ndarray, rows: Sequence[int]) -> list[np.ndarray]:
+    """The batch output cut back into one array per request; the row count must match the input's."""
+    total = sum(rows)
+    if output.ndim == 0 or output.shape[0] != total:
+        got = output.shape[0] if output.ndim else "a scalar"
+        raise ValueError(f"backend returned {got} rows for a batch of {total} input rows")
+    if len(rows) == 1:
+        return [output]
+    bounds = np.cumsum(rows)[:-1]
+    return np.split(output, bounds, axis=0)
+
+
+class PendingRequest:
+    """One queued request: its rows, its future, and its timing."""
+
+    __slots__ = ("data", "deadline", "enqueued", "future", "queued", "rows", "started", "timer")
+
+    def __init__(
+        self, data: np.ndarray, future: asyncio.Future | None, enqueued: float, deadline: float | None
+    ):
+        self.data = data
+        self.rows = int(data.shape[0])
+        self.future = future
+        self.enqueued = enqueued
+        self.deadline = deadline
+        self.started = enqueued
+        self.queued = True
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class BatchTiming(NamedTuple):
+    """Seconds spent on one batch: gathering inputs, the backend call, splitting outputs."""
+
+    rows: int
+    started: float  # time.monotonic() when the batch left the queue
+    input_s: float
+    infer_s: float
+    output_s: float
+
+
+class BatchObserver(Protocol):
+    def batch_done(self, requests: Sequence[PendingRequest], timing: BatchTiming) -> None: ...
+
+    def batch_failed(self, requests: Sequence[PendingRequest]) -> None: ...
+
+
+class _NullObserver:
+    def batch_done(self, requests: Sequence[PendingRequest], timing: BatchTiming) -> None:
+        pass
+
+    def batch_failed(self, requests: Sequence[PendingRequest]) -> None:
+        pass
+
+
+def _compute(infer: InferFn, arrays: list[np.ndarray], rows: list[int]) -> tuple[list[np.ndarray], tuple]:
+    t0 = time.monotonic()
+    batch = concat_rows(arrays)
+    t1 = time.monotonic()
+    output = infer(batch)
+    t2 = time.monotonic()
+    parts = split_rows(output, rows)
+    return parts, (t1 - t0, t2 - t1, time.monotonic() - t2)
+
+
+class DynamicBatcher:
+    """The queue of one model version and one scheduling task per instance.
+
+    ``start()`` must run inside the event loop that will call :meth:`submit`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        instances: Sequence[InferFn],
+        policy: BatchPolicy,
+        observer: BatchObserver | None = None,
+        inline: bool = False,
+    ) -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one instance")
+        self.name = name
+        self.policy = policy
+        self._instances = list(instances)
+        # inline: run batches on the event loop itself. Worth it only for a single instance whose batches take
+        # well under a millisecond, where the two thread hops per batch would cost more than the compute.
+        self.inline = inline and len(self._instances) == 1
+        self._observer = observer or _NullObserver()
+        self._queue: collections.deque[PendingRequest] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._closing = False
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._arrived = asyncio.Event()
+        for i, infer in enumerate(self._instances):
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-instance{i}")
+            self._executors.append(executor)
+            task = self._loop.create_task(
+                self._run_instance(infer, executor), name=f"batcher {self.name} #{i}"
+            )
+            self._tasks.append(task)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting requests, run what is queued (up to ``timeout`` seconds), then stop."""
+        self._closing = True
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_queued(Unavailable(f"model {self.name} was unloaded before this request ran"))
+        for executor in self._executors:
+            executor.shutdown(wait=False)
+
+    # ------------------------------------------------------------- requests
+
+    async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Queue ``data`` (N rows) and return the backend's N output rows for it."""
+        if self._closing or self._loop is None:
+            raise Unavailable(f"model {self.name} is not accepting requests (unloading)")
+        if self._failure is not None:
+            raise Unavailable(f"model {self.name} stopped serving after an internal error: {self._failure}")
+        rows = int(data.shape[0])
+        if rows > self.policy.max_batch_size:
+            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.policy.max_batch_size}")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
+        if len(self._queue) >= self.policy.max_queue_size:
+            waiting = self.policy.max_queue_size
+            raise Overloaded(f"model {self.name} queue is full ({waiting} requests waiting); retry later")
+        if self.inline and not self._queue and (self.policy.max_queue_delay == 0 or not self.policy.dynamic):
+            # The instance is idle (inline batches never span an await) and nothing waits: Triton's scheduler
+            # would run this request alone right now. Doing so without suspending spares the per-request
+            # cost of a future and two task switches, which for a microsecond model is most of the work.
+            return self._run_now(PendingRequest(data, None, now, deadline))
+        request = PendingRequest(data, self._loop.create_future(), now, deadline)
+        self._queue.append(request)
+        self._arrived.set()
+        if deadline is not None:
+            request.timer = self._loop.call_at(deadline, self._expire, request)
+        try:
+            return await request.future
+        finally:
+            if request.timer is not None:
+                request.timer.cancel()
+            if request.queued:  # cancelled while waiting (client gone): leave the queue
+                request.queued = False
+                self._queue.remove(request)
+
+    def _run_now(self, request: PendingRequest) -> np.ndarray:
+        try:
+            parts, (input_s, infer_s, output_s) = _compute(self._instances[0], [request.data], [request.rows])
+        except Exception as e:
+            log.warning("model %s failed on a batch of %d rows: %s", self.name, request.rows, e)
+            self._observer.batch_failed([request])
+            raise BackendError(f"model {self.name} failed on a batch of {request.rows} rows: {e}") from None
+        self._observer.batch_done(
+            [request], BatchTiming(request.rows, request.started, input_s, infer_s, output_s)
+        )
+        return parts[0]
+
+    def _expire(self, request: PendingRequest) -> None:
+        if not request.queued:
+            return
+        request.queued = False
+        self._queue.remove(request)
+        waited_ms = (time.monotonic() - request.enqueued) * 1e3
+        if not request.future.done():
+            request.future.set_exception(
+                DeadlineExceeded(
+                    f"request to model {self.name} waited {waited_ms:.1f} ms in the queue and "
+                    "passed its deadline before it could run"
+                )
+            )
+
+    def _fail_queued(self, error: Exception) -> None:
+        while self._queue:
+            request = self._queue.popleft()
+            request.queued = False
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    # ------------------------------------------------------------ scheduling
+
+    async def _next_batch(self) -> list[PendingRequest] | None:
+        """Wait for the next batch the policy allows; None once closing with an empty queue."""
+        while True:
+            while self._queue and self._queue[0].future.done():  # cancelled; its finally removes it too
+                self._queue.popleft().queued = False
+            timeout = None
+            if self._queue:
+                now = time.monotonic()
+                due = self._queue[0].enqueued + self.policy.max_queue_delay
+                count = plan_batch((r.rows for r in self._queue), self.policy, self._closing or now >= due)
+                if count:
+                    batch = []
+                    for _ in range(count):
+                        request = self._queue.popleft()
+                        request.queued = False
+                        request.started = now
+                        batch.append(request)
+                    return batch
+                timeout = due - now
+            elif self._closing:
+                return None
+            self._arrived.clear()
+            if timeout is None:
+                await self._arrived.wait()
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def _run_instance(self, infer: InferFn, executor: ThreadPoolExecutor) -> None:
+        try:
+            while (batch := await self._next_batch()) is not None:
+                await self._run_batch(infer, executor, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug in scheduling: fail everything waiting rather than hang it
+            log.exception("batcher for model %s crashed", self.name)
+            self._failure = e
+            self._fail_queued(Unavailable(f"model {self.name} stopped serving after an internal error: {e}"))
+
+    async def _run_batch(
+        self, infer: InferFn, executor: ThreadPoolExecutor, batch: list[PendingRequest]
+    ) -> None:
+        live = [r for r in batch if not r.future.done()]
+        if not live:
+            return
+        rows = [r.rows for r in live]
+        started = live[0].started
+        try:
+            arrays = [r.data for r in live]
+            if self.inline:
+                parts, (input_s, infer_s, output_s) = _compute(infer, arrays, rows)
+            else:
+                parts, (input_s, infer_s, output_s) = await self._loop.run_in_executor(
+                    executor, _compute, infer, arrays, rows
+                )
+        except asyncio.CancelledError:  # close() ran out of time: these requests get an answer too
+            error = Unavailable(f"model {self.name} was unloaded while this request was computing")
+            for request in live:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            raise
+        except Exception as e:
+            log.warning("model %s failed on a batch of %d rows: %s", self.name, sum(rows), e)
+            error = BackendError(f"model {self.name} failed on a batch of {sum(rows)} rows: {e}")
+            for request in live:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            self._observer.batch_failed(live)
+            return
+        for request, part in zip(live, parts, strict=True):
+            if not request.future.done():
+                request.future.set_result(part)
+        self._observer.batch_done(live, BatchTiming(sum(rows), started, input_s, infer_s, output_s))

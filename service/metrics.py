@@ -1,0 +1,168 @@
+"""Prometheus exposition with the names of docs/ARCHITECTURE.md, on the server's own registry.
+
+The values live in :class:`service.stats.VersionTelemetry` objects (plain counters updated on the event
+loop); a custom collector turns them into metric families at scrape time, so a request costs no metric
+locks. Latencies are histograms (aggregatable across replicas), in seconds. GPU gauges come from NVML,
+read at scrape time, and exist only where NVML finds a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from service.stats import OUTCOMES, VersionTelemetry
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_MODEL = "_unknown"  # the `model` label of requests for models the server does not serve
+MV = ["model", "version"]
+
+
+class ServerMetrics:
+    """The telemetry of every model version ever loaded, and the registry that exposes it."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._versions: dict[tuple[str, str, str, str], VersionTelemetry] = {}
+        self.unknown_model = dict.fromkeys(OUTCOMES, 0)
+        self.registry.register(_ServingCollector(self))
+        ProcessCollector(registry=self.registry)
+        if gpu:
+            nvml = NvmlCollector.create()
+            if nvml is not None:
+                self.registry.register(nvml)
+
+    def telemetry(self, model: str, version: str, backend: str, precision: str) -> VersionTelemetry:
+        """The telemetry of a label set; a reload of the same version continues its counters."""
+        key = (model, version, backend, precision)
+        found = self._versions.get(key)
+        if found is None:
+            found = self._versions[key] = VersionTelemetry(*key)
+        return found
+
+    def versions(self) -> list[VersionTelemetry]:
+        return list(self._versions.values())
+
+    def count_unknown_model(self, outcome: str) -> None:
+        self.unknown_model[outcome] += 1
+
+    def serve(self, host: str, port: int) -> tuple[Any, int]:
+        """Serve /metrics over HTTP in a daemon thread; returns (server, bound port)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, server.server_port
+
+
+class _ServingCollector(Collector):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        versions = self._metrics.versions()
+        histograms = (
+            (
+                "cnnserve_request_duration_seconds",
+                "Seconds from receipt of a ModelInfer request to its response (successful requests)",
+                "request",
+                False,
+            ),
+            (
+                "cnnserve_queue_duration_seconds",
+                "Seconds a request waited in the batcher queue",
+                "queue",
+                False,
+            ),
+            ("cnnserve_compute_duration_seconds", "Seconds of one batch's backend call", "compute", True),
+            ("cnnserve_batch_size", "Rows per executed batch", "batch", False),
+        )
+        for name, doc, attribute, with_backend in histograms:
+            family = HistogramMetricFamily(
+                name, doc, labels=[*MV, "backend", "precision"] if with_backend else MV
+            )
+            for t in versions:
+                buckets, total = getattr(t, attribute).cumulative()
+                family.add_metric(list(t.labels) if with_backend else list(t.labels[:2]), buckets, total)
+            yield family
+        requests = CounterMetricFamily(
+            "cnnserve_requests", "ModelInfer requests by outcome", labels=[*MV, "outcome"]
+        )
+        for t in versions:
+            for outcome, n in t.outcomes.items():
+                requests.add_metric([*t.labels[:2], outcome], n)
+        for outcome, n in self._metrics.unknown_model.items():
+            requests.add_metric([UNKNOWN_MODEL, "", outcome], n)
+        yield requests
+        rows = CounterMetricFamily("cnnserve_inference_rows", "Rows (images) inferred", labels=MV)
+        depth = GaugeMetricFamily("cnnserve_queue_depth", "Requests waiting in the batcher queue", labels=MV)
+        inflight = GaugeMetricFamily(
+            "cnnserve_inflight_requests", "Requests accepted and not yet answered", labels=MV
+        )
+        load = GaugeMetricFamily(
+            "cnnserve_model_load_duration_seconds",
+            "Seconds the last load of the model version took, warm-up included",
+            labels=[*MV, "backend"],
+        )
+        ready = GaugeMetricFamily(
+            "cnnserve_model_ready",
+            "1 when the model version is loaded and ready",
+            labels=[*MV, "backend", "precision"],
+        )
+        for t in versions:
+            mv = list(t.labels[:2])
+            rows.add_metric(mv, t.rows)
+            depth.add_metric(mv, t.queue_depth())
+            inflight.add_metric(mv, t.inflight())
+            load.add_metric(list(t.labels[:3]), t.load_seconds)
+            ready.add_metric(list(t.labels), 1.0 if t.ready else 0.0)
+        yield from (rows, depth, inflight, load, ready)
+
+
+class NvmlCollector(Collector):
+    """GPU utilization and memory per GPU, read from NVML at each scrape."""
+
+    def __init__(self, nvml: Any, count: int) -> None:
+        self._nvml = nvml
+        self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+
+    @classmethod
+    def create(cls) -> NvmlCollector | None:
+        try:
+            import pynvml  # nvidia-ml-py
+        except ImportError:
+            return None
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as e:
+            log.debug("NVML unavailable (%s): no GPU metrics", e)
+            return None
+        if count == 0:
+            return None
+        log.info("exporting NVML metrics for %d GPU(s)", count)
+        return cls(pynvml, count)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        nvml = self._nvml
+        util = GaugeMetricFamily(
+            "cnnserve_gpu_utilization_ratio",
+            "GPU busy fraction over NVML's last sample period (0..1)",
+            labels=["gpu"],
+        )
+        used = GaugeMetricFamily("cnnserve_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily("cnnserve_gpu_memory_total_bytes", "GPU memory installed", labels=["gpu"])
+        for i, handle in enumerate(self._handles):
+            try:
+                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            except nvml.NVMLError as e:
+                log.warning("NVML read of GPU %d failed: %s", i, e)
+                continue
+            util.add_metric([str(i)], rates.gpu / 100.0)
+            used.add_metric([str(i)], float(memory.used))
+            total.add_metric([str(i)], float(memory.total))
+        yield from (util, used, total)

@@ -1,0 +1,295 @@
+"""Helpers for the server's tests and benchmark: a minimal repository writer (``python -m export`` writes
+the real ones) and a server subprocess on free local ports.
+
+The writer follows docs/ARCHITECTURE.md's layout with the shared ``modelrepo`` helpers; torch is imported
+only by the functions that export a network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modelrepo.config import make_config, write_config
+from modelrepo.layout import write_labels
+from modelrepo.manifest import FORMATS, Manifest, package_versions, sha256_file
+from modelrepo.preprocess import InputSpec
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: servers start here, as `python -m service`
+
+
+def export_onnx(
+    model_name: str, path: Path, *, seed: int = 0, opset: int = 18
+) -> tuple[InputSpec, list[str]]:
+    """Export a registry model with random weights (``seed``) to ONNX with a dynamic batch axis."""
+    import torch
+
+    from models import get_labels, get_model, get_model_entry
+
+    entry = get_model_entry(model_name)
+    model = get_model(model_name, weights="random", seed=seed).eval()
+    example = torch.zeros((2, *entry.input_spec.shape))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    return entry.input_spec, get_labels(model_name)
+
+
+def export_torch_program(model_name: str, path: Path, *, seed: int = 0) -> tuple[InputSpec, list[str]]:
+    """Save a registry model as a ``torch.export`` program (``model.pt2``) with a dynamic batch axis."""
+    import torch
+
+    from models import get_labels, get_model, get_model_entry
+
+    entry = get_model_entry(model_name)
+    model = get_model(model_name, weights="random", seed=seed).eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        model, (torch.zeros((2, *entry.input_spec.shape)),), dynamic_shapes=({0: batch},)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(path))
+    return entry.input_spec, get_labels(model_name)
+
+
+def faulty_onnx(path: Path, spec: InputSpec, num_classes: int = 10) -> None:
+    """A linear classifier that fails in onnxruntime when any input value is >= 1 (an out-of-range Gather
+    index): a backend that breaks on demand, for the error-isolation tests."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    features = int(np.prod(spec.shape))
+    weights = numpy_helper.from_array(
+        rng.normal(0, 0.05, (features, num_classes)).astype(np.float32), "weights"
+    )
+    table = numpy_helper.from_array(np.zeros((1, num_classes), np.float32), "bias_table")
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "weights"], ["linear"]),
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+        helper.make_node("Cast", ["peak"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["bias_table", "index"], ["bias"], axis=0),
+        helper.make_node("Add", ["linear", "bias"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "faulty",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *spec.shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=[weights, table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def add_model(
+    repo: Path,
+    name: str,
+    artifact: Path,
+    *,
+    spec: InputSpec,
+    labels: Sequence[str],
+    version: int = 1,
+    fmt: str = "onnx",
+    source_model: str = "lenet5",
+    precision: str = "fp32",
+    max_batch_size: int = 16,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes: Sequence[int] = (),
+    max_queue_delay_microseconds: int = 0,
+    max_queue_size: int = 0,
+    instance_count: int = 1,
+) -> Path:
+    """Copy ``artifact`` into ``repo/name/version`` with its manifest, config.pbtxt and labels.txt."""
+    platform, file_name = FORMATS[fmt]
+    model_dir = repo / name
+    version_dir = model_dir / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    target = version_dir / file_name
+    shutil.copyfile(artifact, target)
+    num_classes = len(labels)
+    Manifest(
+        model=name,
+        source_model=source_model,
+        precision=precision,
+        artifact=file_name,
+        format=fmt,
+        sha256=sha256_file(target),
+        preprocessing=spec.to_dict(),
+        inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, *spec.shape]}],
+        outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]}],
+        labels=list(labels),
+        weights={"source": "random"},
+        versions=package_versions("torch", "onnx", "onnxruntime"),
+    ).write(version_dir)
+    config = make_config(
+        name,
+        platform=platform,
+        max_batch_size=max_batch_size,
+        input_shape=spec.shape,
+        num_classes=num_classes,
+        preferred_batch_sizes=preferred_batch_sizes,
+        max_queue_delay_microseconds=max_queue_delay_microseconds,
+        max_queue_size=max_queue_size,
+        instance_count=instance_count,
+        parameters={"precision": precision, "source_model": source_model},
+    )
+    if fmt == "torch_export":
+        config.platform, config.backend = "", "pytorch"
+    if not dynamic_batching:
+        config.ClearField("dynamic_batching")
+    write_config(model_dir, config)
+    write_labels(model_dir, list(labels))
+    return version_dir
+
+
+# ----------------------------------------------------------------------------- running a server process
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A ``python -m service`` (or any KServe v2 server) subprocess on local ports."""
+
+    proc: subprocess.Popen
+    address: str
+    metrics_url: str
+    log_path: Path
+    clients: list = field(default_factory=list)
+
+    def client(self, **kwargs):
+        from service.client import InferenceClient
+
+        c = InferenceClient(self.address, **kwargs)
+        self.clients.append(c)
+        return c
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, wait (kill after ``timeout`` s); returns the exit code."""
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_process(
+    cmd: list[str],
+    address: str,
+    metrics_url: str,
+    log_path: Path,
+    *,
+    ready_service: str | None = "",
+    ready_timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady)."""
+    from service.healthcheck import check
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    server = ServerProcess(proc, address, metrics_url, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{server.log()}")
+        if ready_service is not None:
+            ready, _ = check(address, ready_service, timeout=1.0)
+        else:
+            ready = _server_ready(address)
+        if ready:
+            return server
+        time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError(f"{' '.join(cmd)} not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def _server_ready(address: str) -> bool:
+    import grpc
+
+    from protos import grpc_service_pb2 as pb
+    from protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return (
+                pb_grpc.GRPCInferenceServiceStub(channel)
+                .ServerReady(pb.ServerReadyRequest(), timeout=1)
+                .ready
+            )
+        except grpc.RpcError:
+            return False
+
+
+def start_server(
+    repo: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 120
+) -> ServerProcess:
+    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING."""
+    grpc_port, metrics_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--repo",
+        str(repo),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        *args,
+    ]
+    return start_process(
+        cmd,
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        Path(log_dir) / f"server-{grpc_port}.log",
+        env=env,
+        ready_timeout=ready_timeout,
+    )

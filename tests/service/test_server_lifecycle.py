@@ -1,0 +1,221 @@
+"""Servers of their own: SIGTERM drain, poll-mode reload under load, explicit load/unload (configured through
+SERVE_* variables), message size limits, and the healthcheck CLI."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import grpc_service_pb2 as pb
+from service.client import InferenceServerError
+from service.codec import add_input
+from service.testing import ROOT
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(channel, service: str) -> int:
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        .status
+    )
+
+
+def x(rows: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (rows, 1, 32, 32)).astype(np.float32)
+
+
+def test_sigterm_drains_in_flight_requests(artifacts, tmp_path, server_factory, add_lenet):
+    repo = tmp_path / "repo"
+    add_lenet(repo, "lenet5_slow", artifacts.lenet5, max_batch_size=8, max_queue_delay_microseconds=2_000_000)
+    server = server_factory(repo, "--grace-period", "20")
+    client = server.client()
+    with ThreadPoolExecutor(3) as pool:
+        in_flight = [pool.submit(client.infer, "lenet5_slow", x(1, i)) for i in range(3)]
+        time.sleep(0.5)  # the three wait in the batcher queue (2 s delay)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.proc.poll() is None, "the server must wait for its queued requests"
+        assert health(client.channel, "") == NOT_SERVING
+        assert health(client.channel, "inference.GRPCInferenceService") == NOT_SERVING
+        assert health(client.channel, "lenet5_slow") == NOT_SERVING
+        assert health(client.channel, "liveness") == SERVING
+        assert client.live() and not client.ready()
+        with pytest.raises(InferenceServerError) as info:
+            client.infer("lenet5_slow", x())
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "server is shutting down" in info.value.details
+        results = [f.result(timeout=30) for f in in_flight]
+    assert [r.shape for r in results] == [(1, 10)] * 3
+    assert server.proc.wait(timeout=30) == 0
+    assert "shutting down: draining" in server.log()
+
+
+def test_poll_mode_picks_up_a_new_version_without_failing_requests(
+    small_repo, artifacts, tmp_path, server_factory, add_lenet
+):
+    server = server_factory(small_repo, "--model-control-mode", "poll", "--poll-interval", "0.3")
+    client = server.client()
+    seen: list[tuple[str, str]] = []  # (model_version, error)
+    stop = threading.Event()
+
+    def traffic():
+        request = pb.ModelInferRequest(model_name="lenet5")
+        add_input(request, "input", x())
+        while not stop.is_set():
+            try:
+                seen.append((client.infer_request(request, timeout=30).model_version, ""))
+            except InferenceServerError as e:
+                seen.append(("", str(e)))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        staging = tmp_path / "staging"
+        add_lenet(
+            staging,
+            "lenet5",
+            artifacts.lenet5_v2,
+            version=2,
+            max_batch_size=8,
+            max_queue_delay_microseconds=200_000,
+        )
+        shutil.move(
+            staging / "lenet5" / "2", small_repo / "lenet5" / "2"
+        )  # one rename: the version appears whole
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(v == "2" for v, _ in seen[-3:]):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    errors = [e for _, e in seen if e]
+    assert not errors, errors[:3]
+    versions = [v for v, _ in seen]
+    assert versions[0] == "1" and versions[-1] == "2", versions
+    assert versions.index("2") > 0 and "1" not in versions[versions.index("2") + 3 :]  # no flapping back
+    v2 = ort.InferenceSession(str(artifacts.lenet5_v2), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        client.infer("lenet5", x(2, 9)), v2.run(None, {"input": x(2, 9)})[0], rtol=1e-5, atol=1e-6
+    )
+    index = [(m.name, m.version, m.state) for m in client.repository_index()]
+    assert index == [("lenet5", "2", "READY")]  # default version policy: the latest only
+    with pytest.raises(InferenceServerError) as info:
+        client.infer("lenet5", x(), version="1")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert "unloaded lenet5 version 1" in server.log()
+    # removing the folder unloads the model
+    shutil.rmtree(small_repo / "lenet5")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and client.model_ready("lenet5"):
+        time.sleep(0.1)
+    assert not client.model_ready("lenet5")
+    assert server.terminate() == 0
+
+
+def test_explicit_model_control_configured_by_environment(model_repo, server_factory, digit_png):
+    env = {"SERVE_MODEL_CONTROL_MODE": "explicit", "SERVE_MAX_MESSAGE_BYTES": "200000"}
+    server = server_factory(model_repo, env=env)
+    client = server.client()
+    index = {m.name: (m.state, m.version) for m in client.repository_index()}
+    assert index["lenet5"] == ("UNAVAILABLE", "")
+    with pytest.raises(InferenceServerError) as info:
+        client.infer("lenet5", x())
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+    client.load("lenet5")
+    assert client.model_ready("lenet5")
+    assert health(client.channel, "lenet5") == SERVING
+    assert client.infer("lenet5", x()).shape == (1, 10)
+    assert ("lenet5", "1", "READY") in [(m.name, m.version, m.state) for m in client.repository_index()]
+
+    with pytest.raises(InferenceServerError) as info:
+        client.load("no_such_model")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND and "no model 'no_such_model'" in info.value.details
+    request = pb.RepositoryModelLoadRequest(model_name="lenet5")
+    request.parameters["config"].string_param = "{}"
+    with pytest.raises(grpc.RpcError) as rpc:
+        client.stub.RepositoryModelLoad(request, timeout=10)
+    assert (
+        rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "['config'] are not supported" in rpc.value.details()
+    )
+
+    # SERVE_MAX_MESSAGE_BYTES: a 300 kB request is refused by gRPC itself
+    big = pb.ModelInferRequest(model_name="lenet5")
+    add_input(big, "image", [digit_png(0, size=600)])
+    assert big.ByteSize() > 200_000
+    with pytest.raises(grpc.RpcError) as rpc:
+        client.stub.ModelInfer(big, timeout=10)
+    assert rpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    unload = pb.RepositoryModelUnloadRequest(model_name="lenet5")
+    unload.parameters["unload_dependents"].bool_param = True
+    client.stub.RepositoryModelUnload(unload, timeout=30)
+    assert not client.model_ready("lenet5")
+    assert health(client.channel, "lenet5") == NOT_SERVING
+    with pytest.raises(InferenceServerError) as info:
+        client.infer("lenet5", x())
+    assert info.value.code == grpc.StatusCode.NOT_FOUND and "unloaded" in info.value.details
+    assert ("lenet5", "", "UNAVAILABLE", "unloaded") in [
+        (m.name, m.version, m.state, m.reason) for m in client.repository_index()
+    ]
+    assert server.terminate() == 0
+
+
+def test_healthcheck_cli(server):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "service.healthcheck", "--address", server.address, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = run()
+    assert ok.returncode == 0 and "SERVING" in ok.stdout
+    assert run("--service", "liveness").returncode == 0
+    assert run("--service", "lenet5").returncode == 0
+    missing = run("--service", "no_such_model")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    with_socket_closed = subprocess.run(
+        [sys.executable, "-m", "service.healthcheck", "--address", "127.0.0.1:1", "--timeout", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert with_socket_closed.returncode == 1 and "UNAVAILABLE" in with_socket_closed.stderr
+
+
+def test_a_busy_port_is_a_clear_error(server, model_repo):
+    port = server.address.rsplit(":", 1)[1]
+    args = ["--repo", str(model_repo), "--host", "127.0.0.1", "--grpc-port", port, "--metrics-port", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *args, "--model-control-mode", "explicit"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"cannot bind gRPC to 127.0.0.1:{port} (port in use?)" in done.stderr
+    assert "Traceback" not in done.stderr
