@@ -1,8 +1,11 @@
-"""Helpers for the server's tests and benchmark: a minimal repository writer (``python -m export`` writes
-the real ones) and a server subprocess on free local ports.
+"""Helpers for the server's tests, benchmark and demo: repository entries and a server subprocess on free
+local ports.
 
-The writer follows docs/ARCHITECTURE.md's layout with the shared ``modelrepo`` helpers; torch is imported
-only by the functions that export a network.
+``python -m export`` writes the real entries; ``copy_entry`` derives variants of one (another name, other
+batching settings) with its artifact and manifest unchanged. ``add_model`` writes an entry by hand for what
+the export pipeline does not make: a ``torch.export`` program, a backend that fails on demand, or the
+benchmark's random-weight models. Layout: docs/ARCHITECTURE.md, through the shared ``modelrepo`` helpers;
+torch is imported only by the functions that export a network.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modelrepo.config import make_config, write_config
-from modelrepo.layout import write_labels
+from modelrepo.config import make_config, read_config, write_config
+from modelrepo.layout import versions, write_labels
 from modelrepo.manifest import FORMATS, Manifest, package_versions, sha256_file
 from modelrepo.preprocess import InputSpec
 
@@ -56,14 +59,17 @@ def export_onnx(
     return entry.input_spec, get_labels(model_name)
 
 
-def export_torch_program(model_name: str, path: Path, *, seed: int = 0) -> tuple[InputSpec, list[str]]:
-    """Save a registry model as a ``torch.export`` program (``model.pt2``) with a dynamic batch axis."""
+def export_torch_program(
+    model_name: str, path: Path, *, weights: str = "random", seed: int = 0
+) -> tuple[InputSpec, list[str]]:
+    """Save a registry model (``weights``: random with ``seed``, or a checkpoint path) as a ``torch.export``
+    program (``model.pt2``) with a dynamic batch axis."""
     import torch
 
     from models import get_labels, get_model, get_model_entry
 
     entry = get_model_entry(model_name)
-    model = get_model(model_name, weights="random", seed=seed).eval()
+    model = get_model(model_name, weights=weights, seed=seed).eval()
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(
         model, (torch.zeros((2, *entry.input_spec.shape)),), dynamic_shapes=({0: batch},)
@@ -166,6 +172,51 @@ def add_model(
     write_config(model_dir, config)
     write_labels(model_dir, list(labels))
     return version_dir
+
+
+def copy_entry(
+    model_dir: Path,
+    repo: Path,
+    name: str | None = None,
+    *,
+    max_batch_size: int | None = None,
+    dynamic_batching: bool = True,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    max_queue_delay_microseconds: int | None = None,
+    max_queue_size: int | None = None,
+    instance_count: int | None = None,
+) -> Path:
+    """Copy the model folder ``model_dir`` (config.pbtxt, labels.txt, version folders) into ``repo`` as
+    ``name`` (default: its own name), renamed in config.pbtxt and every manifest; the other arguments
+    replace those settings of the config (None: keep; preferred batch sizes over a new ``max_batch_size``
+    are dropped). Returns the new model folder."""
+    name = name or model_dir.name
+    target = repo / name
+    shutil.copytree(model_dir, target)
+    config = read_config(target)
+    config.name = name
+    if max_batch_size is not None:
+        config.max_batch_size = max_batch_size
+    if not dynamic_batching:
+        config.ClearField("dynamic_batching")
+    else:
+        batching = config.dynamic_batching
+        if preferred_batch_sizes is None:
+            preferred_batch_sizes = [s for s in batching.preferred_batch_size if s <= config.max_batch_size]
+        batching.ClearField("preferred_batch_size")
+        batching.preferred_batch_size.extend(preferred_batch_sizes)
+        if max_queue_delay_microseconds is not None:
+            batching.max_queue_delay_microseconds = max_queue_delay_microseconds
+        if max_queue_size is not None:
+            batching.default_queue_policy.max_queue_size = max_queue_size
+    if instance_count is not None:
+        config.instance_group[0].count = instance_count
+    write_config(target, config)
+    for version in versions(target):
+        manifest = Manifest.read(target / str(version))
+        manifest.model = name
+        manifest.write(target / str(version))
+    return target
 
 
 # ----------------------------------------------------------------------------- running a server process

@@ -13,17 +13,9 @@ from models.datasets import digits_split
 
 
 @pytest.fixture(scope="module")
-def exported(lenet_checkpoint, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
-    return export_model(
-        "lenet5",
-        weights=str(lenet_checkpoint),
-        fp16=True,
-        int8=True,
-        calib="digits",
-        repo=repo,
-        tensorrt="off",
-    )
+def exported(lenet5_export):
+    """The session's export (tests/conftest.py): fp32 + fp16 + int8 of the trained checkpoint."""
+    return lenet5_export
 
 
 def test_repository_layout(exported):

@@ -13,55 +13,58 @@ from PIL import Image
 from models.lenet import DIGIT_LABELS, DIGITS_INPUT
 from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient
-from service.testing import add_model, export_onnx, export_torch_program, faulty_onnx, start_server
+from service.testing import add_model, copy_entry, export_torch_program, faulty_onnx, start_server
 
 
 class Artifacts:
-    def __init__(self, folder: Path) -> None:
-        self.lenet5 = folder / "lenet5.onnx"  # random weights, seed 0
-        self.lenet5_v2 = folder / "lenet5_v2.onnx"  # seed 1: different outputs
-        self.lenet5_pt2 = folder / "lenet5.pt2"
+    """What the server tests serve: entries written by the export pipeline, and the hand-made rest."""
+
+    def __init__(self, exported, folder: Path) -> None:
+        self.lenet5 = exported["fp32"].model_dir  # trained on digits: the session's export
+        self.lenet5_int8 = exported["int8"].model_dir
+        self.lenet5_onnx = exported["fp32"].artifact
+        self.lenet5_v2 = folder / "v2" / "lenet5" / "2"  # version 2, random weights: different outputs
+        self.lenet5_pt2 = folder / "lenet5.pt2"  # the trained checkpoint as a torch.export program
         self.faulty = folder / "faulty.onnx"  # fails on inputs >= 1
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Artifacts:
-    a = Artifacts(tmp_path_factory.mktemp("artifacts"))
-    export_onnx("lenet5", a.lenet5, seed=0)
-    export_onnx("lenet5", a.lenet5_v2, seed=1)
-    export_torch_program("lenet5", a.lenet5_pt2, seed=0)
+def artifacts(lenet5_export, lenet_checkpoint, tmp_path_factory) -> Artifacts:
+    from export import export_model
+
+    a = Artifacts(lenet5_export, tmp_path_factory.mktemp("artifacts"))
+    export_model("lenet5", weights="random", seed=1, version=2, repo=a.lenet5_v2.parents[1], tensorrt="off")
+    export_torch_program("lenet5", a.lenet5_pt2, weights=str(lenet_checkpoint))
     faulty_onnx(a.faulty, DIGITS_INPUT)
     return a
 
 
-def _add_lenet(repo: Path, name: str, artifact: Path, **kwargs) -> Path:
-    return add_model(repo, name, artifact, spec=DIGITS_INPUT, labels=DIGIT_LABELS, **kwargs)
+@pytest.fixture(scope="session")
+def lenet_copy(artifacts):
+    """``lenet_copy(repo, name, **copy_entry_kwargs)``: the exported LeNet-5 under another name and
+    batching settings."""
+
+    def copy(repo: Path, name: str, **settings) -> Path:
+        return copy_entry(artifacts.lenet5, repo, name, **settings)
+
+    return copy
 
 
 @pytest.fixture(scope="session")
-def add_lenet():
-    """``add_lenet(repo, name, artifact, **add_model_kwargs)``: a LeNet-5 entry (digits spec and labels)."""
-    return _add_lenet
-
-
-@pytest.fixture(scope="session")
-def model_repo(artifacts, tmp_path_factory) -> Path:
+def model_repo(artifacts, lenet_copy, tmp_path_factory) -> Path:
+    """`lenet5` and `lenet5_int8` as exported; variants with other batching settings; a torch program and
+    a faulty model written by hand."""
     repo = tmp_path_factory.mktemp("repo")
-    _add_lenet(repo, "lenet5", artifacts.lenet5, max_batch_size=8)
-    _add_lenet(
-        repo, "lenet5_batched", artifacts.lenet5, max_batch_size=8, max_queue_delay_microseconds=300_000
-    )
-    _add_lenet(repo, "lenet5_nobatch", artifacts.lenet5, max_batch_size=8, dynamic_batching=False)
-    _add_lenet(
-        repo,
-        "lenet5_tiny_queue",
-        artifacts.lenet5,
-        max_batch_size=8,
-        max_queue_delay_microseconds=1_000_000,
-        max_queue_size=2,
-    )
-    _add_lenet(repo, "lenet5_torch", artifacts.lenet5_pt2, fmt="torch_export", max_batch_size=8)
-    _add_lenet(repo, "faulty", artifacts.faulty, max_batch_size=8, source_model="faulty")
+    copy_entry(artifacts.lenet5, repo)
+    copy_entry(artifacts.lenet5_int8, repo)
+    # no preferred sizes: batches form as the delay allows (the batching tests count them)
+    small = {"max_batch_size": 8, "preferred_batch_sizes": ()}
+    lenet_copy(repo, "lenet5_batched", **small, max_queue_delay_microseconds=300_000)
+    lenet_copy(repo, "lenet5_nobatch", max_batch_size=8, dynamic_batching=False)
+    lenet_copy(repo, "lenet5_tiny_queue", **small, max_queue_delay_microseconds=1_000_000, max_queue_size=2)
+    spec = {"spec": DIGITS_INPUT, "labels": DIGIT_LABELS, "max_batch_size": 8}
+    add_model(repo, "lenet5_torch", artifacts.lenet5_pt2, fmt="torch_export", **spec)
+    add_model(repo, "faulty", artifacts.faulty, source_model="faulty", **spec)
     return repo
 
 
@@ -101,11 +104,11 @@ def stub(server) -> pb_grpc.GRPCInferenceServiceStub:
 
 
 @pytest.fixture
-def small_repo(artifacts, tmp_path) -> Path:
+def small_repo(lenet_copy, tmp_path) -> Path:
     """A private repository with one model, `lenet5` version 1, batching with a 200 ms delay (so requests are
     in flight for a while)."""
     repo = tmp_path / "small_repo"
-    _add_lenet(repo, "lenet5", artifacts.lenet5, max_batch_size=8, max_queue_delay_microseconds=200_000)
+    lenet_copy(repo, "lenet5", max_batch_size=8, max_queue_delay_microseconds=200_000)
     return repo
 
 

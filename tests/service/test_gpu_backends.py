@@ -14,9 +14,11 @@ import onnxruntime as ort
 import pytest
 
 from modelrepo.manifest import Artifact, Manifest, sha256_file
+from models.lenet import DIGIT_LABELS, DIGITS_INPUT
 from service.metrics import ServerMetrics
 from service.model_manager import ModelManager
 from service.settings import Settings
+from service.testing import add_model, copy_entry
 
 
 def cuda_available() -> bool:
@@ -53,22 +55,29 @@ X = np.random.default_rng(0).uniform(-1, 1, (4, 1, 32, 32)).astype(np.float32)
 
 @pytest.mark.gpu
 @needs_cuda
-def test_torch_backend_on_cuda(tmp_path, artifacts, add_lenet):
-    add_lenet(tmp_path, "lenet5_torch", artifacts.lenet5_pt2, fmt="torch_export")
+def test_torch_backend_on_cuda(tmp_path, artifacts):
+    add_model(
+        tmp_path,
+        "lenet5_torch",
+        artifacts.lenet5_pt2,
+        fmt="torch_export",
+        spec=DIGITS_INPUT,
+        labels=DIGIT_LABELS,
+    )
     kind, device, out = serve_once(tmp_path, "lenet5_torch", X, device="cuda")
     assert (kind, device) == ("torch", "cuda:0")
-    np.testing.assert_allclose(out, reference(artifacts.lenet5, X), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(out, reference(artifacts.lenet5_onnx, X), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(), reason="onnxruntime has no CUDA provider"
 )
-def test_onnxruntime_on_cuda(tmp_path, artifacts, add_lenet):
-    add_lenet(tmp_path, "lenet5", artifacts.lenet5)
+def test_onnxruntime_on_cuda(tmp_path, artifacts):
+    copy_entry(artifacts.lenet5, tmp_path)
     kind, device, out = serve_once(tmp_path, "lenet5", X, device="cuda")
     assert (kind, device) == ("onnxruntime", "cuda:0")
-    np.testing.assert_allclose(out, reference(artifacts.lenet5, X), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(out, reference(artifacts.lenet5_onnx, X), rtol=1e-3, atol=1e-4)
 
 
 def build_plan(onnx_path, plan_path, max_batch: int = 8) -> str:
@@ -94,13 +103,13 @@ def build_plan(onnx_path, plan_path, max_batch: int = 8) -> str:
 @pytest.mark.tensorrt
 @needs_cuda
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed")
-def test_tensorrt_plan_and_its_fallback(tmp_path, artifacts, add_lenet, caplog):
+def test_tensorrt_plan_and_its_fallback(tmp_path, artifacts, lenet_copy, caplog):
     import torch
 
     from modelrepo.config import read_config, write_config
 
-    version_dir = add_lenet(tmp_path, "lenet5_trt", artifacts.lenet5, max_batch_size=8)
-    version = build_plan(artifacts.lenet5, version_dir / "model.plan")
+    version_dir = lenet_copy(tmp_path, "lenet5_trt", max_batch_size=8, preferred_batch_sizes=()) / "1"
+    version = build_plan(artifacts.lenet5_onnx, version_dir / "model.plan")
     major, minor = torch.cuda.get_device_capability(0)
     manifest = Manifest.read(version_dir)
     manifest.fallback = Artifact("model.onnx", "onnx", manifest.sha256, "fp32")
@@ -114,7 +123,7 @@ def test_tensorrt_plan_and_its_fallback(tmp_path, artifacts, add_lenet, caplog):
     write_config(tmp_path / "lenet5_trt", config)
     kind, device, out = serve_once(tmp_path, "lenet5_trt", X)
     assert (kind, device) == ("tensorrt", "cuda:0")
-    np.testing.assert_allclose(out, reference(artifacts.lenet5, X), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(out, reference(artifacts.lenet5_onnx, X), rtol=1e-3, atol=1e-3)
 
     manifest.gpu = {"compute_capability": "1.0"}  # a GPU this plan was not built for: serve the ONNX fallback
     manifest.write(version_dir)
@@ -122,7 +131,7 @@ def test_tensorrt_plan_and_its_fallback(tmp_path, artifacts, add_lenet, caplog):
         kind, _, out = serve_once(tmp_path, "lenet5_trt", X)
     assert kind == "onnxruntime"
     assert "built for compute capability 1.0" in caplog.text
-    np.testing.assert_allclose(out, reference(artifacts.lenet5, X), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(out, reference(artifacts.lenet5_onnx, X), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.gpu

@@ -41,9 +41,9 @@ def load_error(repo, name, **settings) -> str:
 
 
 @pytest.fixture
-def repo(tmp_path, artifacts, add_lenet):
+def repo(tmp_path, lenet_copy):
     repo = tmp_path / "repo"
-    add_lenet(repo, "lenet5", artifacts.lenet5, max_batch_size=8)
+    lenet_copy(repo, "lenet5", max_batch_size=8, preferred_batch_sizes=())
     return repo
 
 
@@ -132,8 +132,8 @@ def test_broken_entries_are_refused_with_the_reason(repo, breakage, message):
     assert message in load_error(repo, "lenet5")
 
 
-def test_failed_startup_model_makes_the_server_not_ready(repo, artifacts, add_lenet):
-    add_lenet(repo, "broken", artifacts.lenet5)
+def test_failed_startup_model_makes_the_server_not_ready(repo, lenet_copy):
+    lenet_copy(repo, "broken")
     edit_manifest(repo / "broken" / "1", sha256="f" * 64)
 
     async def main():
@@ -214,7 +214,7 @@ def test_version_policy():
     assert select_versions(policy, [1, 2, 5]) == [2]
 
 
-def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts, add_lenet):
+def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts):
     config = read_config(repo / "lenet5")
     config.version_policy.all.SetInParent()
     write_config(repo / "lenet5", config)
@@ -224,8 +224,8 @@ def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts, ad
         await m.load("lenet5")
         v1 = m.resolve("lenet5", "1")
         staging = repo.parent / "staging"
-        add_lenet(staging, "lenet5", artifacts.lenet5_v2, version=2)
-        shutil.move(staging / "lenet5" / "2", repo / "lenet5" / "2")
+        shutil.copytree(artifacts.lenet5_v2, staging)
+        shutil.move(staging, repo / "lenet5" / "2")
         await m.poll_once()
         try:
             x = np.zeros((1, 1, 32, 32), np.float32)

@@ -97,9 +97,9 @@ CASES = {
         "input 'image': shape must be [N] or [N, 1]",
     ),
     "batch over max_batch_size": (
-        request(x=np.zeros((9, 1, 32, 32), np.float32)),
+        request(x=np.zeros((33, 1, 32, 32), np.float32)),
         INVALID,
-        "input 'input': batch of 9 rows exceeds the model's max_batch_size 8",
+        "input 'input': batch of 33 rows exceeds the model's max_batch_size 32",
     ),
     "empty batch": (raw_request(shape=(0, 1, 32, 32)), INVALID, "batch dimension must be >= 1, got 0"),
     "classification not an integer": (

@@ -38,9 +38,9 @@ def x(rows: int = 1, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (rows, 1, 32, 32)).astype(np.float32)
 
 
-def test_sigterm_drains_in_flight_requests(artifacts, tmp_path, server_factory, add_lenet):
+def test_sigterm_drains_in_flight_requests(tmp_path, server_factory, lenet_copy):
     repo = tmp_path / "repo"
-    add_lenet(repo, "lenet5_slow", artifacts.lenet5, max_batch_size=8, max_queue_delay_microseconds=2_000_000)
+    lenet_copy(repo, "lenet5_slow", max_batch_size=8, max_queue_delay_microseconds=2_000_000)
     server = server_factory(repo, "--grace-period", "20")
     client = server.client()
     with ThreadPoolExecutor(3) as pool:
@@ -65,7 +65,7 @@ def test_sigterm_drains_in_flight_requests(artifacts, tmp_path, server_factory, 
 
 
 def test_poll_mode_picks_up_a_new_version_without_failing_requests(
-    small_repo, artifacts, tmp_path, server_factory, add_lenet
+    small_repo, artifacts, tmp_path, server_factory
 ):
     server = server_factory(small_repo, "--model-control-mode", "poll", "--poll-interval", "0.3")
     client = server.client()
@@ -86,18 +86,9 @@ def test_poll_mode_picks_up_a_new_version_without_failing_requests(
         t.start()
     try:
         time.sleep(1.0)
-        staging = tmp_path / "staging"
-        add_lenet(
-            staging,
-            "lenet5",
-            artifacts.lenet5_v2,
-            version=2,
-            max_batch_size=8,
-            max_queue_delay_microseconds=200_000,
-        )
-        shutil.move(
-            staging / "lenet5" / "2", small_repo / "lenet5" / "2"
-        )  # one rename: the version appears whole
+        staging = tmp_path / "staging"  # the exported version 2 (other weights), copied next to the repo
+        shutil.copytree(artifacts.lenet5_v2, staging)
+        shutil.move(staging, small_repo / "lenet5" / "2")  # one rename: the version appears whole
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(v == "2" for v, _ in seen[-3:]):
             time.sleep(0.1)
@@ -111,7 +102,7 @@ def test_poll_mode_picks_up_a_new_version_without_failing_requests(
     versions = [v for v, _ in seen]
     assert versions[0] == "1" and versions[-1] == "2", versions
     assert versions.index("2") > 0 and "1" not in versions[versions.index("2") + 3 :]  # no flapping back
-    v2 = ort.InferenceSession(str(artifacts.lenet5_v2), providers=["CPUExecutionProvider"])
+    v2 = ort.InferenceSession(str(artifacts.lenet5_v2 / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(
         client.infer("lenet5", x(2, 9)), v2.run(None, {"input": x(2, 9)})[0], rtol=1e-5, atol=1e-6
     )

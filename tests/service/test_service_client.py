@@ -30,7 +30,7 @@ def test_parse_classification():
 
 
 def test_classify_batches_within_max_batch_size(client, model_repo, digit_png, tmp_path):
-    images = [digit_png(i) for i in range(10)]  # more than max_batch_size 8: two requests
+    images = [digit_png(i) for i in range(40)]  # more than max_batch_size 32: two requests
     paths = []
     for i, data in enumerate(images[:3]):
         paths.append(tmp_path / f"{i}.png")

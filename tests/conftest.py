@@ -1,0 +1,52 @@
+"""Session fixtures every test package shares: LeNet-5 trained on digits once, exported once.
+
+The export is the real pipeline (``export.export_model``): the server, load-test, deploy and demo tests
+serve its artifacts, manifests and config.pbtxt as ``python -m export`` writes them. Tests only read
+this repository; a test that changes one copies it first (``service.testing.copy_entry``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from service.testing import start_server
+
+if TYPE_CHECKING:
+    from export import ExportResult
+
+
+@pytest.fixture(scope="session")
+def lenet_checkpoint(tmp_path_factory):
+    """LeNet-5 trained on digits with the default recipe (about 10 s on two cores)."""
+    from models.train import train  # torch: imported only by the tests that need it
+
+    path = tmp_path_factory.mktemp("checkpoints") / "lenet5_digits.pt"
+    train("lenet5", out=path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lenet5_export(lenet_checkpoint, tmp_path_factory) -> ExportResult:
+    """``python -m export lenet5 --weights CHECKPOINT --fp16 --int8 --calib digits --tensorrt off`` into a
+    session repository: ``lenet5``, ``lenet5_fp16``, ``lenet5_int8`` (about 5 s)."""
+    from export import export_model
+
+    return export_model(
+        "lenet5",
+        weights=str(lenet_checkpoint),
+        fp16=True,
+        int8=True,
+        calib="digits",
+        repo=tmp_path_factory.mktemp("lenet5_repo"),
+        tensorrt="off",
+    )
+
+
+@pytest.fixture(scope="session")
+def lenet5_server(lenet5_export, tmp_path_factory):
+    """``python -m service`` over the exported repository, on free 127.0.0.1 ports, for the whole session."""
+    running = start_server(lenet5_export.repo, tmp_path_factory.mktemp("lenet5_server_logs"))
+    yield running
+    running.terminate()
