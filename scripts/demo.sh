@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (no GPU, no downloads besides packages):
-# train LeNet-5 on scikit-learn's digits, export it as ONNX fp32 + int8 into model_repository/.
+# The main job on the embedded default (CPU, no downloads besides packages): train LeNet-5 on
+# scikit-learn's digits, export it as ONNX fp32 + int8 into model_repository/, serve it with
+# python -m service, classify the held-out digits through gRPC (accuracy and latency per served
+# model), and stop the server with SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,3 +12,4 @@ PY="${VENV:-.venv}/bin/python"
 # --force: re-running the demo replaces version 1 instead of stopping at it.
 "$PY" -m export lenet5 --weights checkpoints/lenet5_digits.pt --int8 --calib digits \
   --repo model_repository --force
+"$PY" -m service.demo --repo model_repository --models lenet5 lenet5_int8
