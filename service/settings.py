@@ -15,6 +15,7 @@ from typing import Any
 CONTROL_MODES = ("none", "poll", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+CHOICES = {"model_control_mode": CONTROL_MODES, "device": DEVICES, "log_level": LOG_LEVELS}
 
 
 class SettingsError(ValueError):
@@ -36,9 +37,8 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        _check_choice("model_control_mode", self.model_control_mode, CONTROL_MODES)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("log_level", self.log_level, LOG_LEVELS)
+        for name, choices in CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         for name in ("grpc_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:

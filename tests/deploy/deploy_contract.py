@@ -1,8 +1,9 @@
 """What the deployment files are checked against, and the tools that check them.
 
-The server's settings, health service names and metrics come from docs/ARCHITECTURE.md (the contract the
-server is built to); ``server_settings`` is the one place to switch to ``service.settings`` once the
-server lands. kubectl and promtool are used where installed; the tests that need them skip otherwise.
+The server's settings (flags, ``SERVE_*`` variables, defaults, choices) come from ``service.settings``
+itself; health service names and metrics from docs/ARCHITECTURE.md, whose tables test_server_contract.py
+checks against the code and a live server. kubectl and promtool are used where installed; the tests that
+need them skip otherwise.
 """
 
 from __future__ import annotations
@@ -74,13 +75,35 @@ def _code_spans(cell: str) -> list[str]:
 class Setting:
     flag: str
     env: str
-    default: str | None  # None where the default is described in words
-    choices: tuple[str, ...]  # the values named in the default column, e.g. device: auto, cpu, cuda
+    default: str | None  # as an environment variable's value; None: unset (e.g. SERVE_LOAD_MODEL)
+    choices: tuple[str, ...]  # the values it accepts, where it is a choice (device: auto, cpu, cuda)
+
+
+def _env_value(value: object) -> str | None:
+    if isinstance(value, tuple):
+        return ",".join(value) or None
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 @functools.cache
 def server_settings() -> dict[str, Setting]:
-    """SERVE_* variable -> its setting, from docs/ARCHITECTURE.md's "Server settings" table."""
+    """SERVE_* variable -> its setting, from the server's own ``service.settings``."""
+    from service.settings import CHOICES, OPTIONS, Settings
+
+    defaults = Settings()
+    return {
+        opt.env: Setting(opt.flag, opt.env, _env_value(getattr(defaults, name)), CHOICES.get(name, ()))
+        for name, opt in OPTIONS.items()
+    }
+
+
+@functools.cache
+def documented_settings() -> dict[str, Setting]:
+    """SERVE_* variable -> its setting as docs/ARCHITECTURE.md's "Server settings" table gives it (choices:
+    the values its default column names, e.g. device: auto, cpu, cuda; default None where it is described
+    in words)."""
     settings = {}
     for flag, env, default in _table_rows(_architecture_section("Server settings")):
         env_name = _code_spans(env)[0]

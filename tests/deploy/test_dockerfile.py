@@ -5,11 +5,16 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from service.testing import free_port, start_process
 from tests.deploy.deploy_contract import ROOT, Stage, parse_dockerfile, server_modules, server_settings
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
@@ -109,10 +114,50 @@ def test_wheel_stage_builds_from_pyproject(dockerfile):
 
 def test_entrypoint_modules_exist():
     server_module, healthcheck_module = server_modules()
-    if importlib.util.find_spec(server_module) is None:
-        pytest.skip(f"the server package {server_module!r} has not landed in this checkout yet")
+    assert importlib.util.find_spec(server_module) is not None, server_module
     assert importlib.util.find_spec(f"{server_module}.__main__") is not None, "no __main__ for `python -m`"
     assert importlib.util.find_spec(healthcheck_module) is not None
+
+
+def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp_path):
+    """The cpu stage's ENTRYPOINT with its ENV (repository, loopback and free ports swapped in for this
+    sandbox) serves; its HEALTHCHECK command, run by a shell as Docker does, passes; SIGTERM exits 0."""
+    stage = dockerfile[1]["cpu"]
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {
+        **stage.env(),
+        "SERVE_REPO": str(lenet5_export.repo),
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_GRPC_PORT": str(grpc_port),
+        "SERVE_METRICS_PORT": str(metrics_port),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        # `python` on PATH is this interpreter, as it is the image's
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    entrypoint = json.loads(stage.last("ENTRYPOINT"))
+    assert entrypoint[0] == "python"
+    server = start_process(
+        [sys.executable, *entrypoint[1:]],
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        tmp_path / "server.log",
+        env=env,
+    )
+    try:
+        command = stage.last("HEALTHCHECK").partition(" CMD ")[2]
+        check = subprocess.run(
+            ["sh", "-c", command],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"127.0.0.1:{grpc_port} (server): SERVING" in check.stdout
+        assert "onnxruntime on cpu" in server.log()  # SERVE_DEVICE=cpu from the ENV
+    finally:
+        assert server.terminate() == 0, server.log()
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
