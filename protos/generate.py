@@ -64,9 +64,7 @@ def render() -> dict[str, str]:
         gen_dir = Path(tmp) / PACKAGE_DIR.name
         produced = sorted(p.name for p in gen_dir.iterdir())
         if produced != expected_files():
-            raise RuntimeError(
-                f"protoc produced {produced}, expected {expected_files()}"
-            )
+            raise RuntimeError(f"protoc produced {produced}, expected {expected_files()}")
         return {name: (gen_dir / name).read_text("utf-8") for name in produced}
 
 
@@ -90,9 +88,7 @@ def check() -> list[str]:
     stale = []
     for name, fresh in render().items():
         path = PACKAGE_DIR / name
-        if not path.is_file() or _normalise(path.read_text("utf-8")) != _normalise(
-            fresh
-        ):
+        if not path.is_file() or _normalise(path.read_text("utf-8")) != _normalise(fresh):
             stale.append(path)
     stale += _leftovers()
     return [p.relative_to(REPO_ROOT).as_posix() for p in stale]
@@ -114,9 +110,7 @@ def generate() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m protos.generate", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m protos.generate", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--check",
         action="store_true",
