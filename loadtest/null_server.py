@@ -90,7 +90,7 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, model: NullModel, counts: NullCounts) -> None:
         self.model = model
         self.counts = counts
-        self._zeros: dict[int, bytes] = {}
+        self._responses: dict[int, pb.ModelInferResponse] = {}  # rows -> zero logits
 
     def _known(self, name: str, version: str) -> bool:
         return name == self.model.name and version in ("", self.model.version)
@@ -154,13 +154,19 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"batch size {rows} is outside 1..max_batch_size={model.max_batch_size}",
             )
-        zeros = self._zeros.get(rows)
-        if zeros is None:
-            zeros = self._zeros.setdefault(rows, bytes(4 * rows * model.classes))
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id, raw_output_contents=[zeros]
-        )
-        response.outputs.add(name="logits", datatype="FP32", shape=[rows, model.classes])
+        template = self._responses.get(rows)
+        if template is None:
+            template = pb.ModelInferResponse(
+                model_name=model.name,
+                model_version=model.version,
+                raw_output_contents=[bytes(4 * rows * model.classes)],
+            )
+            template.outputs.add(name="logits", datatype="FP32", shape=[rows, model.classes])
+            self._responses[rows] = template
+        response = pb.ModelInferResponse()
+        response.CopyFrom(template)  # the cheapest correct answer: a prepared message, copied
+        if request.id:
+            response.id = request.id
         self.counts.success(rows)
         return response
 
