@@ -4,6 +4,8 @@ rounds (the order of the targets alternates), and the tables show medians over r
 
 from __future__ import annotations
 
+import statistics
+
 from loadtest import null_server
 from loadtest.bench import BenchContext, SectionResult, register_section
 from loadtest.bench.charts import grouped_bars
@@ -15,7 +17,6 @@ from loadtest.bench.serving import (
     closed_loop,
     cnnserve,
     median_point,
-    ratio,
     window_settings,
 )
 
@@ -53,16 +54,23 @@ def _interleaved(ctx: BenchContext, rounds: int, jobs: list[tuple[str, object]])
 # ---------------------------------------------------------------------------------------- overhead
 
 
-def overhead_ratios(floor: dict[int, dict], ours: dict[int, dict]) -> dict:
-    """The overhead figures the issue sets targets for, from the medians per concurrency."""
+def overhead_ratios(floor: dict[int, list[dict]], ours: dict[int, list[dict]]) -> dict:
+    """The overhead figures the issue sets targets for, per concurrency: the median over rounds of
+    cnnserve against the floor measured right beside it in the same round (so that a change in the
+    machine's speed between rounds cancels out)."""
     out: dict = {}
     for c in sorted(set(floor) & set(ours)):
-        f, o = floor[c], ours[c]
-        out[f"c{c}_requests_per_s_vs_floor"] = ratio(o["requests_per_s"], f["requests_per_s"])
-        out[f"c{c}_p50_minus_floor_ms"] = o["p50_ms"] - f["p50_ms"]
-        out[f"c{c}_server_cpu_floor_over_ours"] = ratio(
-            f.get("server_cpu_us_per_request"), o.get("server_cpu_us_per_request")
+        pairs = list(zip(floor[c], ours[c], strict=True))
+        out[f"c{c}_requests_per_s_vs_floor"] = statistics.median(
+            o["requests_per_s"] / f["requests_per_s"] for f, o in pairs
         )
+        out[f"c{c}_p50_minus_floor_ms"] = statistics.median(o["p50_ms"] - f["p50_ms"] for f, o in pairs)
+        cpu = [
+            f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"]
+            for f, o in pairs
+            if f.get("server_cpu_us_per_request") and o.get("server_cpu_us_per_request")
+        ]
+        out[f"c{c}_server_cpu_floor_over_ours"] = statistics.median(cpu) if cpu else None
     return out
 
 
@@ -72,7 +80,10 @@ def overhead_ratios(floor: dict[int, dict], ours: dict[int, dict]) -> dict:
     "req/s and p50 at concurrency 1 and 8",
 )
 def serve_overhead(ctx: BenchContext) -> SectionResult:
-    rounds = 1 if ctx.quick else 5
+    rounds = 1 if ctx.quick else 7
+    timing = window_settings(ctx)
+    if not ctx.quick:  # short steps, many rounds: more floor/cnnserve pairs measured side by side
+        timing.update(window_s=0.5, duration_s=3.0, warmup_s=0.5)
     with (
         null_server.running(
             model=OVERHEAD_MODEL, shape=(1, 32, 32), classes=10, max_batch_size=MAX_BATCH
@@ -84,7 +95,7 @@ def serve_overhead(ctx: BenchContext) -> SectionResult:
             "cnnserve": server.endpoint(OVERHEAD_MODEL, "cnnserve"),
         }
         jobs = [
-            (f"{label}@{c}", lambda t=target, c=c: closed_loop(ctx, t, c))
+            (f"{label}@{c}", lambda t=target, c=c: closed_loop(ctx, t, c, **timing))
             for c in CONCURRENCIES
             for label, target in targets.items()
         ]
@@ -92,7 +103,10 @@ def serve_overhead(ctx: BenchContext) -> SectionResult:
     medians = {key: median_point(points) for key, points in measured.items()}
     floor = {c: medians[f"floor@{c}"] for c in CONCURRENCIES}
     ours = {c: medians[f"cnnserve@{c}"] for c in CONCURRENCIES}
-    ratios = overhead_ratios(floor, ours)
+    ratios = overhead_ratios(
+        {c: measured[f"floor@{c}"] for c in CONCURRENCIES},
+        {c: measured[f"cnnserve@{c}"] for c in CONCURRENCIES},
+    )
     per_round = {
         f"c{c}_requests_per_s_vs_floor": [
             round(o["requests_per_s"] / f["requests_per_s"], 3)
@@ -186,17 +200,24 @@ def serve_overhead(ctx: BenchContext) -> SectionResult:
 # ----------------------------------------------------------------------------------------- compute
 
 
-def compute_ratios(served: dict[int, dict], inprocess: dict[str, dict]) -> dict:
-    """Served images/s against onnxruntime in-process: at the batch the server forms at each concurrency
-    (session built like the server's), and best against best (over every in-process configuration)."""
+def compute_ratios(served: dict[int, list[dict]], inprocess: dict[str, list[dict]]) -> dict:
+    """Served images/s against onnxruntime in-process, per round then the median over rounds: at the
+    batch the server forms at each concurrency (session built like the server's), and best against best
+    (over every in-process configuration measured)."""
+    rounds = len(next(iter(served.values())))
     out: dict = {}
-    for c, point in served.items():
+    for c, points in served.items():
         batch = min(c, MAX_BATCH)
         same = inprocess.get(f"server options, batch {batch}")
-        out[f"c{c}_vs_inprocess_batch{batch}"] = ratio(point["images_per_s"], same and same["images_per_s"])
-    best_served = max(p["images_per_s"] for p in served.values())
-    best_inprocess = max(p["images_per_s"] for p in inprocess.values())
-    out["best_served_vs_best_inprocess"] = ratio(best_served, best_inprocess)
+        if same:
+            out[f"c{c}_vs_inprocess_batch{batch}"] = statistics.median(
+                p["images_per_s"] / q["images_per_s"] for p, q in zip(points, same, strict=True)
+            )
+    out["best_served_vs_best_inprocess"] = statistics.median(
+        max(points[r]["images_per_s"] for points in served.values())
+        / max(points[r]["images_per_s"] for points in inprocess.values())
+        for r in range(rounds)
+    )
     return out
 
 
@@ -218,9 +239,11 @@ def serve_compute(ctx: BenchContext) -> SectionResult:
                     (key, lambda b=batch, d=defaults, k=key: _inprocess(ctx, server.repo, b, seconds, d, k))
                 )
         measured = _interleaved(ctx, rounds, jobs)
-    served = {c: median_point(measured[f"served@{c}"]) for c in CONCURRENCIES}
-    inprocess = {k: median_point(v) for k, v in measured.items() if not k.startswith("served@")}
-    ratios = compute_ratios(served, inprocess)
+    served_rounds = {c: measured[f"served@{c}"] for c in CONCURRENCIES}
+    inprocess_rounds = {k: v for k, v in measured.items() if not k.startswith("served@")}
+    ratios = compute_ratios(served_rounds, inprocess_rounds)
+    served = {c: median_point(points) for c, points in served_rounds.items()}
+    inprocess = {k: median_point(points) for k, points in inprocess_rounds.items()}
     best = ratios["best_served_vs_best_inprocess"]
     verdict = _verdict(best, MIN_SERVED_VS_INPROCESS)
     plot = ctx.out_dir / "serve-compute.png"
@@ -307,8 +330,15 @@ def batching(ctx: BenchContext) -> SectionResult:
     rows, notes = [], []
     for model in models:
         on, off = medians[f"{model}/on"], medians[f"{model}/off"]
-        gain = ratio(on["images_per_s"], off["images_per_s"])
-        figures["models"][model] = {"on": on, "off": off, "images_per_s_on_over_off": gain}
+        pairs = zip(measured[f"{model}/on"], measured[f"{model}/off"], strict=True)
+        by_round = [p["images_per_s"] / q["images_per_s"] for p, q in pairs]
+        gain = statistics.median(by_round)  # each round's on/off pair was measured side by side
+        figures["models"][model] = {
+            "on": on,
+            "off": off,
+            "images_per_s_on_over_off": gain,
+            "on_over_off_by_round": [round(g, 3) for g in by_round],
+        }
         notes.append(f"{model}: batching on/off {_fmt(gain)} (mean batch {_fmt(on.get('batch_mean'))})")
         for variant, m in (("on", on), ("off", off)):
             rows.append(

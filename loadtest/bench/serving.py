@@ -198,9 +198,3 @@ def median_point(points: list[dict]) -> dict:
         out["requests_per_s_by_round"] = [round(p["requests_per_s"], 1) for p in points]
     out["images_per_s_by_round"] = [round(p["images_per_s"], 1) for p in points]
     return out
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
