@@ -3,10 +3,13 @@
 ``python -m loadtest.null_server --port P --model NAME --shape 1,32,32 --classes 10 --max-batch-size 8``
 
 It serves one model that advertises an FP32 ``input`` ``[-1, C, H, W]`` and a BYTES ``image`` ``[-1]``
-and answers every ModelInfer with a zero ``logits`` ``[batch, classes]`` in ``raw_output_contents``.
-Each request runs as its own "batch", so on ``/metrics`` (named like ``service``'s metrics)
-``cnnserve_batch_size`` records rows per request, ``cnnserve_queue_duration_seconds`` records 0 (there is
-no queue) and ``cnnserve_compute_duration_seconds`` the time spent building the response.
+and answers every ModelInfer with a zero ``logits`` ``[batch, classes]`` in ``raw_output_contents``,
+without looking at the input's values. To be a fair floor for cnnserve it runs on the same framework
+with the same settings (grpc.aio, ``service.grpc_server.server_options``) and counts requests the way
+cnnserve does: plain integers turned into metric families only at scrape time, so a request pays no
+metric locks. ``/metrics`` (named like cnnserve's) has ``cnnserve_requests_total`` by outcome,
+``cnnserve_inference_rows_total`` and ``cnnserve_batch_size`` (each request is its own "batch"); there
+is no queue and no compute to time.
 
 With ``--port 0`` / ``--metrics-port 0`` free ports are picked; the first line on stdout always reads
 ``null_server grpc=HOST:PORT metrics=http://HOST:PORT/metrics``.
@@ -17,24 +20,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
+from service.grpc_server import server_options
+from service.stats import BATCH_BUCKETS, OUTCOMES, Histogram
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN_MODEL = "_unknown"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # cnnserve's default --max-message-bytes
 
 
 @dataclass(frozen=True)
@@ -46,45 +53,44 @@ class NullModel:
     max_batch_size: int
 
 
-class NullMetrics:
-    """The subset of cnnserve's metrics a do-nothing server can report truthfully."""
+class NullCounts(Collector):
+    """The subset of cnnserve's metrics a do-nothing server can report truthfully, kept as plain
+    integers (updated on the event loop only) and exposed as metric families at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "cnnserve_requests_total",
-            "ModelInfer requests by outcome",
-            ["model", "version", "outcome"],
-            registry=registry,
+    def __init__(self, model: NullModel) -> None:
+        self.model = model
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.unknown_model = dict.fromkeys(OUTCOMES, 0)
+        self.rows = 0
+        self.batch = Histogram(BATCH_BUCKETS)
+
+    def success(self, rows: int) -> None:
+        self.outcomes["success"] += 1
+        self.rows += rows
+        self.batch.observe(rows)
+
+    def collect(self) -> Iterator:
+        labels = [self.model.name, self.model.version]
+        requests = CounterMetricFamily(
+            "cnnserve_requests", "ModelInfer requests by outcome", labels=["model", "version", "outcome"]
         )
-        self.rows = Counter(
-            "cnnserve_inference_rows_total", "rows inferred", ["model", "version"], registry=registry
-        )
-        self.batch_size = Histogram(
-            "cnnserve_batch_size",
-            "rows per executed batch",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.queue = Histogram(
-            "cnnserve_queue_duration_seconds",
-            "time a request waited in the batcher queue",
-            ["model", "version"],
-            registry=registry,
-        )
-        self.compute = Histogram(
-            "cnnserve_compute_duration_seconds",
-            "one batch's backend call",
-            ["model", "version", "backend", "precision"],
-            registry=registry,
-        )
+        for outcome, n in self.outcomes.items():
+            requests.add_metric([*labels, outcome], n)
+        for outcome, n in self.unknown_model.items():
+            requests.add_metric([UNKNOWN_MODEL, "", outcome], n)
+        rows = CounterMetricFamily("cnnserve_inference_rows", "Rows inferred", labels=["model", "version"])
+        rows.add_metric(labels, self.rows)
+        batch = HistogramMetricFamily("cnnserve_batch_size", "Rows per request", labels=["model", "version"])
+        buckets, total = self.batch.cumulative()
+        batch.add_metric(labels, buckets, total)
+        yield from (requests, rows, batch)
 
 
 class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, model: NullModel, metrics: NullMetrics) -> None:
+    def __init__(self, model: NullModel, counts: NullCounts) -> None:
         self.model = model
-        self.metrics = metrics
-        self._zeros: dict[int, bytes] = {}
+        self.counts = counts
+        self._responses: dict[int, pb.ModelInferResponse] = {}  # rows -> zero logits
 
     def _known(self, name: str, version: str) -> bool:
         return name == self.model.name and version in ("", self.model.version)
@@ -130,38 +136,38 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request, context):
-        started = time.perf_counter()
+        model = self.model
         if not self._known(request.model_name, request.model_version):
-            self.metrics.requests.labels(UNKNOWN_MODEL, "", "not_found").inc()
+            self.counts.unknown_model["not_found"] += 1
             await self._require_model(request.model_name, request.model_version, context)
-        version = self.model.version
-        if len(request.inputs) != 1 or not request.inputs[0].shape:
-            self.metrics.requests.labels(self.model.name, version, "invalid_argument").inc()
+        inputs = request.inputs
+        if len(inputs) != 1 or not inputs[0].shape:
+            self.counts.outcomes["invalid_argument"] += 1
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "expected exactly one input ('input' or 'image') with a batch dimension",
             )
-        rows = int(request.inputs[0].shape[0])
-        if not 1 <= rows <= self.model.max_batch_size:
-            self.metrics.requests.labels(self.model.name, version, "invalid_argument").inc()
+        rows = inputs[0].shape[0]
+        if not 1 <= rows <= model.max_batch_size:
+            self.counts.outcomes["invalid_argument"] += 1
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch size {rows} is outside 1..max_batch_size={self.model.max_batch_size}",
+                f"batch size {rows} is outside 1..max_batch_size={model.max_batch_size}",
             )
-        zeros = self._zeros.get(rows)
-        if zeros is None:
-            zeros = self._zeros.setdefault(rows, bytes(4 * rows * self.model.classes))
-        response = pb.ModelInferResponse(
-            model_name=self.model.name, model_version=version, id=request.id, raw_output_contents=[zeros]
-        )
-        response.outputs.add(name="logits", datatype="FP32", shape=[rows, self.model.classes])
-        self.metrics.requests.labels(self.model.name, version, "success").inc()
-        self.metrics.rows.labels(self.model.name, version).inc(rows)
-        self.metrics.batch_size.labels(self.model.name, version).observe(rows)
-        self.metrics.queue.labels(self.model.name, version).observe(0.0)
-        self.metrics.compute.labels(self.model.name, version, "null", "fp32").observe(
-            time.perf_counter() - started
-        )
+        template = self._responses.get(rows)
+        if template is None:
+            template = pb.ModelInferResponse(
+                model_name=model.name,
+                model_version=model.version,
+                raw_output_contents=[bytes(4 * rows * model.classes)],
+            )
+            template.outputs.add(name="logits", datatype="FP32", shape=[rows, model.classes])
+            self._responses[rows] = template
+        response = pb.ModelInferResponse()
+        response.CopyFrom(template)  # the cheapest correct answer: a prepared message, copied
+        if request.id:
+            response.id = request.id
+        self.counts.success(rows)
         return response
 
 
@@ -203,8 +209,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     registry = CollectorRegistry()
     model = NullModel(args.model, args.model_version, args.shape, args.classes, args.max_batch_size)
-    server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NullServicer(model, NullMetrics(registry)), server)
+    counts = NullCounts(model)
+    registry.register(counts)
+    server = grpc.aio.server(options=server_options(MAX_MESSAGE_BYTES))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NullServicer(model, counts), server)
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
         raise SystemExit(f"null_server: cannot listen on {args.host}:{args.port}")
@@ -227,6 +235,7 @@ async def serve(args: argparse.Namespace) -> None:
 class NullServerAddress:
     grpc: str  # HOST:PORT
     metrics_url: str
+    pid: int | None = None  # the server process (benchmarks read its CPU time)
 
 
 def parse_banner(line: str) -> NullServerAddress:
@@ -266,7 +275,7 @@ def running(
             raise RuntimeError(
                 f"the null server did not start (exit status {process.wait(5)}); see its stderr"
             )
-        yield parse_banner(banner)
+        yield dataclasses.replace(parse_banner(banner), pid=process.pid)
     finally:
         process.terminate()
         try:

@@ -21,13 +21,14 @@ from protos import model_config_pb2 as mc
 from service.codec import bytes_elements, numeric_array, serialize_bytes
 from service.errors import InvalidInput, ModelNotFound, ServeError, Unavailable
 from service.metrics import ServerMetrics
-from service.model_manager import ModelManager, RepositoryEntry, ServedVersion
+from service.model_manager import InflightCounter, ModelManager, RepositoryEntry, ServedVersion
 from service.repository import ModelIO
 
 SERVER_NAME = "cnnserve"
 IMAGE_INPUT = "image"  # BYTES, one encoded image per batch row
 CLASSIFICATION = "classification"  # requested-output parameter: top-k as "score:index:label"
 TIMEOUT_PARAMETER = "timeout"  # request parameter, microseconds (Triton's)
+FP32 = np.dtype("<f4")
 EXTENSIONS = (
     "classification",
     "model_repository",
@@ -73,13 +74,15 @@ def parse_inputs(request: pb.ModelInferRequest, io: ModelIO) -> np.ndarray | lis
         names = [t.name for t in inputs]
         got = "no inputs" if not names else f"inputs {names}"
         raise InvalidInput(f"request has {got}; model {request.model_name!r} expects {_expected_inputs(io)}")
-    raw_count = len(request.raw_input_contents)
+    raws = request.raw_input_contents
+    raw_count = len(raws)
     if raw_count > 1:
         raise InvalidInput(f"raw_input_contents has {raw_count} entries for 1 input")
-    raw = request.raw_input_contents[0] if raw_count else None
+    raw = raws[0] if raw_count else None
     tensor = inputs[0]
-    shape = list(tensor.shape)
-    if tensor.name == io.input_name:
+    name = tensor.name
+    shape = tensor.shape[:]  # a list; much cheaper than list() or tuple() of the repeated field
+    if name == io.input_name:
         what = f"input {io.input_name!r}"
         if tensor.datatype != "FP32":
             raise InvalidInput(f"{what}: datatype must be FP32, got {tensor.datatype!r}")
@@ -87,8 +90,10 @@ def parse_inputs(request: pb.ModelInferRequest, io: ModelIO) -> np.ndarray | lis
             c, h, w = io.input_shape
             raise InvalidInput(f"{what}: shape must be [N, {c}, {h}, {w}], got {shape}")
         _check_rows(what, shape[0], io)
-        return numeric_array(tensor, raw, what)
-    if tensor.name == IMAGE_INPUT:
+        if raw is not None and len(raw) == shape[0] * io.row_bytes:
+            return np.frombuffer(raw, dtype=FP32).reshape(shape)  # zero-copy, read-only
+        return numeric_array(tensor, raw, what)  # typed contents, or the byte-count error
+    if name == IMAGE_INPUT:
         what = f"input {IMAGE_INPUT!r}"
         if tensor.datatype != "BYTES":
             raise InvalidInput(f"{what}: datatype must be BYTES (encoded JPEG/PNG), got {tensor.datatype!r}")
@@ -98,9 +103,7 @@ def parse_inputs(request: pb.ModelInferRequest, io: ModelIO) -> np.ndarray | lis
             )
         _check_rows(what, shape[0], io)
         return bytes_elements(tensor, raw, what)
-    raise InvalidInput(
-        f"unknown input {tensor.name!r}; model {request.model_name!r} expects {_expected_inputs(io)}"
-    )
+    raise InvalidInput(f"unknown input {name!r}; model {request.model_name!r} expects {_expected_inputs(io)}")
 
 
 def parse_classification(request: pb.ModelInferRequest, io: ModelIO) -> int:
@@ -134,10 +137,10 @@ def request_deadline(
 ) -> float | None:
     """time.monotonic() by which the request must have run: the gRPC deadline, the `timeout` parameter
     (microseconds) or the model's default queue timeout, whichever comes first."""
-    limits = [] if grpc_remaining is None else [grpc_remaining]
     timeout = io.default_timeout
-    if TIMEOUT_PARAMETER in request.parameters and io.allow_timeout_override:
-        param = request.parameters[TIMEOUT_PARAMETER]
+    parameters = request.parameters
+    if parameters and TIMEOUT_PARAMETER in parameters and io.allow_timeout_override:
+        param = parameters[TIMEOUT_PARAMETER]
         if param.WhichOneof("parameter_choice") not in ("int64_param", "uint64_param"):
             raise InvalidInput(
                 f"request parameter {TIMEOUT_PARAMETER!r} must be an integer number of microseconds"
@@ -148,9 +151,11 @@ def request_deadline(
                 f"request parameter {TIMEOUT_PARAMETER!r} must be >= 0 microseconds, got {value}"
             )
         timeout = value / 1e6 if value else None
-    if timeout is not None:
-        limits.append(timeout)
-    return received + min(limits) if limits else None
+    if timeout is None:
+        return None if grpc_remaining is None else received + grpc_remaining
+    if grpc_remaining is None:
+        return received + timeout
+    return received + min(timeout, grpc_remaining)
 
 
 def decode_images(images: Sequence[bytes], spec: InputSpec) -> np.ndarray:
@@ -179,14 +184,27 @@ def build_response(
     request: pb.ModelInferRequest, served: ServedVersion, logits: np.ndarray, top_k: int
 ) -> pb.ModelInferResponse:
     io = served.io
-    response = pb.ModelInferResponse(model_name=served.name, model_version=served.version_str, id=request.id)
     rows = logits.shape[0]
     if top_k:
+        response = pb.ModelInferResponse(
+            model_name=served.name, model_version=served.version_str, id=request.id
+        )
         response.outputs.add(name=io.output_name, datatype="BYTES", shape=(rows, top_k))
         response.raw_output_contents.append(serialize_bytes(classification_strings(logits, top_k, io.labels)))
-    else:
-        response.outputs.add(name=io.output_name, datatype="FP32", shape=(rows, io.num_classes))
-        response.raw_output_contents.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
+        return response
+    # Copying a prepared message (name, version, output tensor metadata) is half the cost of building it.
+    template = served.response_templates.get(rows)
+    if template is None:
+        template = pb.ModelInferResponse(model_name=served.name, model_version=served.version_str)
+        template.outputs.add(name=io.output_name, datatype="FP32", shape=(rows, io.num_classes))
+        served.response_templates[rows] = template
+    response = pb.ModelInferResponse()
+    response.CopyFrom(template)
+    if request.id:
+        response.id = request.id
+    if logits.dtype != FP32 or not logits.flags.c_contiguous:
+        logits = np.ascontiguousarray(logits, dtype=FP32)
+    response.raw_output_contents.append(logits.tobytes())
     return response
 
 
@@ -201,8 +219,7 @@ class InferenceCore:
         self.metrics = metrics
         self.draining = False
         self.started = False
-        self._inflight = 0
-        self._idle: asyncio.Event | None = None
+        self.inflight = InflightCounter()
         self._decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="image-decode")
 
     def close(self) -> None:
@@ -227,13 +244,7 @@ class InferenceCore:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` seconds pass first."""
-        if self._idle is None or self._idle.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await self.inflight.wait_idle(timeout)
 
     # ------------------------------------------------------------ inference
 
@@ -249,11 +260,26 @@ class InferenceCore:
         if self.draining:
             served.telemetry.request_done("unavailable", 0.0)
             raise Unavailable("server is shutting down; retry on another replica")
-        self._enter()
-        served.acquire()
+        inflight, served_inflight = self.inflight, served.inflight
+        inflight.enter()
+        served_inflight.enter()
         outcome = "internal"
         try:
-            response = await self._infer(served, request, received, grpc_remaining)
+            io = served.io
+            data = parse_inputs(request, io)
+            top_k = parse_classification(request, io)
+            deadline = request_deadline(request, io, received, grpc_remaining)
+            if isinstance(data, list):
+                if sum(len(x) for x in data) <= INLINE_DECODE_BYTES:
+                    data = decode_images(data, io.input_spec)
+                else:
+                    loop = asyncio.get_running_loop()
+                    data = await loop.run_in_executor(self._decoder, decode_images, data, io.input_spec)
+            batcher = served.batcher
+            logits = batcher.run_now(data, deadline)  # a tiny model's idle instance: no await at all
+            if logits is None:
+                logits = await batcher.submit(data, deadline)
+            response = build_response(request, served, logits, top_k)
             outcome = "success"
             return response
         except ServeError as e:
@@ -263,40 +289,9 @@ class InferenceCore:
             outcome = "cancelled"
             raise
         finally:
-            served.release()
-            self._exit()
+            served_inflight.exit()
+            inflight.exit()
             served.telemetry.request_done(outcome, time.monotonic() - received)
-
-    async def _infer(
-        self,
-        served: ServedVersion,
-        request: pb.ModelInferRequest,
-        received: float,
-        grpc_remaining: float | None,
-    ) -> pb.ModelInferResponse:
-        io = served.io
-        data = parse_inputs(request, io)
-        top_k = parse_classification(request, io)
-        deadline = request_deadline(request, io, received, grpc_remaining)
-        if isinstance(data, list):
-            if sum(len(x) for x in data) <= INLINE_DECODE_BYTES:
-                data = decode_images(data, io.input_spec)
-            else:
-                loop = asyncio.get_running_loop()
-                data = await loop.run_in_executor(self._decoder, decode_images, data, io.input_spec)
-        logits = await served.batcher.submit(data, deadline)
-        return build_response(request, served, logits, top_k)
-
-    def _enter(self) -> None:
-        if self._idle is None:
-            self._idle = asyncio.Event()
-        self._inflight += 1
-        self._idle.clear()
-
-    def _exit(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._idle.set()
 
     # ------------------------------------------------------------- metadata
 

@@ -50,6 +50,43 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 INLINE_ROW_SECONDS = 0.0005
 
 
+class InflightCounter:
+    """Requests in flight and a way to wait until there are none. A request costs two integer updates;
+    the future :meth:`wait_idle` awaits exists only while someone waits (a drain or a retirement)."""
+
+    __slots__ = ("_waiters", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[asyncio.Future] = []
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def exit(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._waiters:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is in flight; False if ``timeout`` seconds pass first."""
+        if self.count == 0:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
 class ServedVersion:
     """One loaded model version: its backends behind one dynamic batcher, and its telemetry."""
 
@@ -80,42 +117,28 @@ class ServedVersion:
         self.batcher = DynamicBatcher(
             f"{name}/{version}", [b.infer for b in backends], policy, telemetry, inline=inline
         )
-        self._inflight = 0
-        self._idle: asyncio.Event | None = None
+        self.inflight = InflightCounter()
+        self.response_templates: dict[int, object] = {}  # rows -> prepared response (service.core)
 
     def start(self) -> None:
         self.batcher.start()
-        self._idle = asyncio.Event()
-        self._idle.set()
         telemetry = self.telemetry
         telemetry.owner = self  # a reload of the same version takes the telemetry over
         telemetry.ready, telemetry.load_seconds = True, self.load_seconds
         telemetry.queue_depth = lambda: self.batcher.queue_depth
-        telemetry.inflight = lambda: self._inflight
-
-    def acquire(self) -> None:
-        self._inflight += 1
-        self._idle.clear()
-
-    def release(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._idle.set()
+        telemetry.inflight = lambda: self.inflight.count
 
     async def retire(self, timeout: float) -> None:
         """Unload once in-flight requests are answered (at most ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
-        if self._idle is not None and not self._idle.is_set():
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout)
-            except asyncio.TimeoutError:
-                log.warning(
-                    "%s version %d: %d request(s) still in flight after %.1fs; unloading anyway",
-                    self.name,
-                    self.version,
-                    self._inflight,
-                    timeout,
-                )
+        if not await self.inflight.wait_idle(timeout):
+            log.warning(
+                "%s version %d: %d request(s) still in flight after %.1fs; unloading anyway",
+                self.name,
+                self.version,
+                self.inflight.count,
+                timeout,
+            )
         await self.batcher.close(timeout=max(0.0, deadline - time.monotonic()))
         telemetry = self.telemetry
         if telemetry.owner is self:

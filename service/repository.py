@@ -6,6 +6,7 @@ warm-up every instance passes before a version reports ready, and file fingerpri
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ class ModelIO:
     labels: tuple[str, ...] | None
     default_timeout: float | None  # seconds (default_queue_policy.default_timeout_microseconds)
     allow_timeout_override: bool
+
+    @functools.cached_property
+    def row_bytes(self) -> int:
+        """Bytes of one FP32 input row."""
+        c, h, w = self.input_shape
+        return 4 * c * h * w
 
 
 def tree_fingerprint(path: Path) -> Fingerprint:

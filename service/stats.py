@@ -91,23 +91,23 @@ class ModelStats:
         self.counts[key] += 1
         self.ns[key] += int(seconds * 1e9)
 
-    def batch_done(self, requests: Sequence[PendingRequest], timing: BatchTiming) -> None:
-        n = len(requests)
+    def batch_done(self, n: int, queue_s: float, timing: BatchTiming) -> None:
+        """A batch of ``n`` requests that waited ``queue_s`` seconds in the queue altogether."""
         counts, ns = self.counts, self.ns
-        counts["queue"] += n
-        ns["queue"] += int(sum(r.started - r.enqueued for r in requests) * 1e9)
         input_ns, infer_ns, output_ns = (
             int(timing.input_s * 1e9),
             int(timing.infer_s * 1e9),
             int(timing.output_s * 1e9),
         )
-        for key, value in (
-            ("compute_input", input_ns),
-            ("compute_infer", infer_ns),
-            ("compute_output", output_ns),
-        ):
-            counts[key] += n
-            ns[key] += value * n  # Triton charges each request of a batch with the batch's time
+        counts["queue"] += n
+        ns["queue"] += int(queue_s * 1e9)
+        # Triton charges each request of a batch with the batch's time
+        counts["compute_input"] += n
+        ns["compute_input"] += input_ns * n
+        counts["compute_infer"] += n
+        ns["compute_infer"] += infer_ns * n
+        counts["compute_output"] += n
+        ns["compute_output"] += output_ns * n
         size = self.batches.get(timing.rows)
         if size is None:
             size = self.batches[timing.rows] = [0, 0, 0, 0]
@@ -168,12 +168,15 @@ class VersionTelemetry:
     # batcher observer
     def batch_done(self, requests: Sequence[PendingRequest], timing: BatchTiming) -> None:
         observe = self.queue.observe
+        waited = 0.0
         for request in requests:
-            observe(request.started - request.enqueued)
+            wait = request.started - request.enqueued
+            observe(wait)
+            waited += wait
         self.compute.observe(timing.infer_s)
         self.batch.observe(timing.rows)
         self.rows += timing.rows
-        self.stats.batch_done(requests, timing)
+        self.stats.batch_done(len(requests), waited, timing)
 
     def batch_failed(self, requests: Sequence[PendingRequest]) -> None:
         pass  # the requests are counted with outcome "internal" when they are answered

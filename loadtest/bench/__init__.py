@@ -6,12 +6,12 @@ writes each section's figures to ``<out>/<name>.json`` (default ``docs/bench/``)
 the section itself saves its plots under ``ctx.out_dir`` (returned in ``SectionResult.plots``) for the
 README to embed.
 
-Sections measure on a shared machine, so each reports ratios against a baseline measured in the same run
-(``SectionResult.figures``) beside the absolute numbers. The export section (ONNX fp32/fp16/int8 accuracy
-and latency per model, from ``export/``) and the server section (cnnserve against the null server and the
-baselines, through ``loadtest.sweep.run_loadtest``) register the same way: a module
-``loadtest.bench.<name>`` holding ``@register_section("<name>", "...") def run(ctx) -> SectionResult``,
-added to ``SECTION_MODULES``.
+Sections measure on a possibly shared machine, so each reports ratios against a baseline measured in
+the same run, in interleaved rounds (``SectionResult.figures``), beside the absolute numbers. A section
+that cannot run here (``gpu`` without a CUDA GPU) returns ``SectionResult.skip(reason)``: the runner
+prints the reason and keeps the figures an earlier run wrote. Every server and load generator runs in a
+process of its own: the servers as subprocesses, the closed loop (``loadtest.sweep.run_loadtest``) in
+the benchmark's process, so that the client never shares a GIL with the server it measures.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-SECTION_MODULES = ("loadtest.bench.client",)
+SECTION_MODULES = (
+    "loadtest.bench.client",
+    "loadtest.bench.export",
+    "loadtest.bench.serve",
+    "loadtest.bench.gpu",
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class BenchContext:
     out_dir: Path  # JSON and PNG files go here
     quick: bool  # short windows: a smoke run that checks the section works, not figures to publish
     console: Console
+    work_dir: Path  # scratch space shared by the sections of one run (exported models, server logs)
 
 
 @dataclass
@@ -40,6 +46,11 @@ class SectionResult:
     figures: dict  # everything measured, written to <out>/<name>.json
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why the section could not run here (nothing is written)
+
+    @classmethod
+    def skip(cls, reason: str) -> SectionResult:
+        return cls(columns=[], rows=[], figures={}, skipped=reason)
 
 
 SectionRunner = Callable[[BenchContext], SectionResult]

@@ -1,27 +1,110 @@
-"""The benchmark runner: registry rules and a quick run of the client section."""
+"""The benchmark entry point: registry rules, the ratio arithmetic, the null server as a floor, and quick
+runs of the client and serve-overhead sections (real servers on free 127.0.0.1 ports)."""
 
 from __future__ import annotations
 
 import json
 
+import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest import bench
+from loadtest import bench, null_server
 from loadtest.bench.__main__ import main as bench_main
+from loadtest.bench.gpu import no_gpu_reason
+from loadtest.bench.serve import compute_ratios, overhead_ratios
+from loadtest.bench.serving import median_point
+from loadtest.scrape import scrape
+from service.client import InferenceClient, InferenceServerError
+
+SECTIONS = {"client", "client-api", "export", "serve-overhead", "serve-compute", "batching", "gpu"}
 
 
 def test_sections_register_once():
     sections = bench.load_sections()
-    assert {"client", "client-api"} <= set(sections)
+    assert set(sections) == SECTIONS
     with pytest.raises(ValueError, match="already registered"):
         bench.register_section("client", "again")(sections["client"].run)
+
+
+def test_overhead_ratios_pair_each_round_with_its_own_floor():
+    def point(rps, p50, cpu):
+        return {"requests_per_s": rps, "p50_ms": p50, "server_cpu_us_per_request": cpu}
+
+    # the machine halves its speed in round 2: per-round pairs cancel that out
+    floor = {
+        1: [point(1000, 1.0, 500), point(500, 2.0, 1000), point(1000, 1.0, 500)],
+        8: [point(2000, 3.0, 400), point(1000, 6.0, None), point(2000, 3.0, 400)],
+    }
+    ours = {1: [point(800, 1.3, 625), point(400, 2.4, 1250), point(700, 1.4, 700)],
+            8: [point(1500, 4.0, 500), point(750, 8.0, 900), point(1600, 4.0, 500)]}  # fmt: skip
+    ratios = overhead_ratios(floor, ours)
+    assert ratios["c1_requests_per_s_vs_floor"] == 0.8
+    assert ratios["c1_p50_minus_floor_ms"] == pytest.approx(0.4)
+    assert ratios["c1_server_cpu_floor_over_ours"] == 0.8
+    assert ratios["c8_requests_per_s_vs_floor"] == 0.75
+    assert ratios["c8_server_cpu_floor_over_ours"] == 0.8  # a round without a CPU figure is left out
+
+
+def test_compute_ratios_compare_like_with_like_round_by_round():
+    def ips(*values):
+        return [{"images_per_s": v} for v in values]
+
+    served = {1: ips(40.0, 20.0), 8: ips(45.0, 22.5)}
+    inprocess = {
+        "server options, batch 1": ips(44.0, 22.0),
+        "server options, batch 8": ips(50.0, 25.0),
+        "onnxruntime defaults, batch 8": ips(48.0, 30.0),
+    }
+    ratios = compute_ratios(served, inprocess)
+    assert ratios["c1_vs_inprocess_batch1"] == pytest.approx(40 / 44)
+    assert ratios["c8_vs_inprocess_batch8"] == 0.9
+    assert ratios["best_served_vs_best_inprocess"] == pytest.approx((0.9 + 0.75) / 2)  # median of 2 rounds
+
+
+def test_median_point_over_rounds():
+    rounds = [
+        {"requests_per_s": r, "images_per_s": r, "p50_ms": p, "errors": e, "stable": s, "batches": b}
+        for r, p, e, s, b in ((100, 1.0, 0, True, {"1": 5}), (300, 3.0, 1, False, {"1": 1, "2": 2}),
+                              (200, 2.0, 0, True, {}))
+    ]  # fmt: skip
+    point = median_point(rounds)
+    assert point["requests_per_s"] == 200 and point["p50_ms"] == 2.0
+    assert point["errors"] == 1 and point["stable"] is False
+    assert point["batches"] == {"1": 6, "2": 2}
+    assert point["requests_per_s_by_round"] == [100, 300, 200]
+
+
+def test_null_server_answers_correctly_shaped_zeros_and_counts_them():
+    with (
+        null_server.running(model="m", shape=(1, 8, 8), classes=7, max_batch_size=4) as address,
+        InferenceClient(address.grpc) as client,
+    ):
+        out = client.infer("m", np.ones((3, 1, 8, 8), np.float32))
+        with pytest.raises(InferenceServerError) as error:
+            client.infer("m", np.ones((5, 1, 8, 8), np.float32))
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(InferenceServerError) as error:
+            client.infer("other", np.ones((1, 1, 8, 8), np.float32))
+        assert error.value.code == grpc.StatusCode.NOT_FOUND
+        metrics = scrape(address.metrics_url)
+    assert out.shape == (3, 7) and not out.any()
+    count = {
+        dict(labels)["outcome"]: v
+        for (name, labels), v in metrics.items()
+        if name == "cnnserve_requests_total" and dict(labels)["model"] in ("m", "_unknown") and v
+    }
+    assert count == {"success": 1, "invalid_argument": 1, "not_found": 1}
+    assert metrics[("cnnserve_batch_size_sum", frozenset({("model", "m"), ("version", "1")}))] == 3
 
 
 def test_quick_client_section_writes_figures_and_plot(tmp_path):
     assert bench_main(["--section", "client", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "client.json").read_text())
     assert record["section"] == "client" and record["quick"] is True
+    assert record["reproduce"] == "python -m loadtest.bench --section client --quick"
+    assert len(record["load_average_before"]) == 3
     configs = record["figures"]["configs"]
     assert [(c["concurrency"], c["workers"]) for c in configs] == [(1, 1), (1, 2), (8, 1), (8, 2)]
     for config in configs:
@@ -30,3 +113,30 @@ def test_quick_client_section_writes_figures_and_plot(tmp_path):
     assert configs[0]["throughput_vs_c1_w1"] == 1.0
     with Image.open(tmp_path / "client.png") as image:
         assert image.format == "PNG"
+
+
+def test_quick_serve_overhead_measures_both_servers(tmp_path):
+    """lenet5 exported, served by cnnserve beside the null server, both driven by the closed loop."""
+    assert bench_main(["--section", "serve-overhead", "--quick", "--out", str(tmp_path / "out"),
+                       "--work", str(tmp_path / "work")]) == 0  # fmt: skip
+    figures = json.loads((tmp_path / "out" / "serve-overhead.json").read_text())["figures"]
+    for target in ("floor", "cnnserve"):
+        for c in ("1", "8"):
+            point = figures[target][c]
+            assert point["requests_per_s"] > 0 and point["errors"] == 0
+            assert point["server_cpu_us_per_request"] > 0
+            assert point["batches"]  # both export cnnserve_batch_size
+    ratios = figures["ratios"]
+    expected = figures["cnnserve"]["8"]["requests_per_s"] / figures["floor"]["8"]["requests_per_s"]
+    assert ratios["c8_requests_per_s_vs_floor"] == pytest.approx(expected)
+    assert set(figures["targets"].values()) <= {"met", "NOT met"}
+    with Image.open(tmp_path / "out" / "serve-overhead.png") as image:
+        assert image.format == "PNG"
+
+
+@pytest.mark.skipif(no_gpu_reason() is None, reason="a CUDA GPU is present: the section would run")
+def test_gpu_section_skips_without_a_gpu_and_keeps_earlier_figures(tmp_path, capsys):
+    (tmp_path / "gpu.json").write_text("{}")
+    assert bench_main(["--section", "gpu", "--out", str(tmp_path)]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (tmp_path / "gpu.json").read_text() == "{}"
