@@ -55,17 +55,24 @@ def runners(name: str, work: Path) -> dict[str, Callable[[np.ndarray], object]]:
     return out
 
 
-def measure(run: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, rounds: int) -> dict[str, float]:
-    """images/s per backend: batch size / median batch time over interleaved rounds (after one warm-up)."""
+def measure(
+    run: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, rounds: int, warmup: int = 1
+) -> dict:
+    """Per backend: images/s (batch size / median batch time) and the median batch milliseconds, over
+    ``rounds`` interleaved rounds (one batch per backend each) after ``warmup`` batches each."""
     times: dict[str, list[float]] = {k: [] for k in run}
     for fn in run.values():
-        fn(x)
+        for _ in range(warmup):
+            fn(x)
     for _ in range(rounds):
         for label, fn in run.items():
             started = time.perf_counter()
             fn(x)
             times[label].append(time.perf_counter() - started)
-    return {label: len(x) / statistics.median(t) for label, t in times.items()}
+    return {
+        label: {"images_per_s": len(x) / statistics.median(t), "batch_ms": statistics.median(t) * 1e3}
+        for label, t in times.items()
+    }
 
 
 @register_section(
@@ -85,7 +92,7 @@ def export_speed(ctx: BenchContext) -> SectionResult:
         for batch in BATCH_SIZES:
             x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
             with ctx.console.status(f"{name} batch {batch}: {rounds} interleaved rounds"):
-                ips = measure(run, x, rounds)
+                ips = {k: v["images_per_s"] for k, v in measure(run, x, rounds).items()}
             base = ips["pytorch eager"]
             measured.append(
                 {

@@ -9,8 +9,6 @@ Skipped, with the reason, where there is no CUDA GPU.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from loadtest.bench import BenchContext, SectionResult, register_section
 from loadtest.bench.charts import grouped_bars
+from loadtest.bench.export import measure
 from loadtest.bench.serving import MAX_BATCH, closed_loop, cnnserve, median_point, window_settings
 
 MODEL = "resnet50"
@@ -114,23 +113,6 @@ def backends(ctx: BenchContext, work: Path) -> tuple[dict[str, Infer], dict[str,
     return found, missing
 
 
-def measure(run: dict[str, Infer], x: np.ndarray, rounds: int) -> dict[str, dict]:
-    """images/s and median batch milliseconds per backend, over interleaved rounds after a warm-up."""
-    times: dict[str, list[float]] = {k: [] for k in run}
-    for infer in run.values():
-        for _ in range(3):
-            infer(x)
-    for _ in range(rounds):
-        for label, infer in run.items():
-            started = time.perf_counter()
-            infer(x)
-            times[label].append(time.perf_counter() - started)
-    return {
-        label: {"images_per_s": len(x) / statistics.median(t), "batch_ms": statistics.median(t) * 1e3}
-        for label, t in times.items()
-    }
-
-
 @register_section(
     "gpu",
     f"{MODEL} on a CUDA GPU: torch CUDA FP16 eager and the CUDA backends that run here, in-process and "
@@ -149,7 +131,7 @@ def gpu(ctx: BenchContext) -> SectionResult:
     for batch in BATCH_SIZES:
         x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
         with ctx.console.status(f"{MODEL} batch {batch}: {rounds} interleaved rounds"):
-            inprocess[str(batch)] = measure(run, x, rounds)
+            inprocess[str(batch)] = measure(run, x, rounds, warmup=3)
     served: dict[str, dict] = {}
     import onnxruntime as ort
 
