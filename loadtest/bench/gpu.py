@@ -1,6 +1,7 @@
 """resnet50 on a CUDA GPU: torch CUDA FP16 eager and every CUDA backend that runs here, in-process
 (onnxruntime's CUDA and TensorRT execution providers, TensorRT plans, each only where installed), and
-served by cnnserve with ``--device cuda`` (onnxruntime CUDA provider) through the closed loop.
+served by cnnserve with ``--device cuda`` through the closed loop: ONNX on onnxruntime's CUDA provider where
+installed, else a ``torch.export`` program on torch CUDA (see ``served_format``).
 
 Every in-process figure is end to end as the server's backends do it: FP32 host array in, host FP32
 logits out (host-device copies included), batch size over the median batch time in interleaved rounds.
@@ -24,6 +25,17 @@ BATCH_SIZES = (1, 8)
 SERVED_CONCURRENCIES = (1, 8, 16)
 
 Infer = Callable[[np.ndarray], np.ndarray]
+
+
+def served_format() -> tuple[str, str]:
+    """The artifact format cnnserve serves on the GPU here, and how its backend runs it: ONNX through
+    onnxruntime's CUDA provider where installed (onnxruntime-gpu), else a ``torch.export`` program on
+    torch CUDA (the GPU image of this project's test machines has only onnxruntime's CPU build)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "onnx", "onnxruntime cuda fp32"
+    return "torch_export", "torch cuda fp32"
 
 
 def no_gpu_reason() -> str | None:
@@ -133,29 +145,24 @@ def gpu(ctx: BenchContext) -> SectionResult:
         with ctx.console.status(f"{MODEL} batch {batch}: {rounds} interleaved rounds"):
             inprocess[str(batch)] = measure(run, x, rounds, warmup=3)
     served: dict[str, dict] = {}
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        timing = window_settings(ctx, seconds_per_request=0.003)
-        with cnnserve(ctx, [MODEL], "--device", "cuda") as server:
-            endpoint = server.endpoint(MODEL, f"cnnserve {MODEL} (onnxruntime cuda fp32)")
-            for c in SERVED_CONCURRENCIES:
-                served[str(c)] = median_point([closed_loop(ctx, endpoint, c, **timing)])
-    else:
-        missing["served"] = "cnnserve serves ONNX on the GPU through onnxruntime's CUDA provider, absent here"
+    fmt, served_backend = served_format()
+    timing = window_settings(ctx, seconds_per_request=0.003)
+    with cnnserve(ctx, [MODEL], "--device", "cuda", fmt=fmt) as server:
+        endpoint = server.endpoint(MODEL, f"cnnserve {MODEL} ({served_backend})")
+        for c in SERVED_CONCURRENCIES:
+            served[str(c)] = median_point([closed_loop(ctx, endpoint, c, **timing)])
     labels = list(run)
     plot = ctx.out_dir / "gpu.png"
     panels = {
         "in-process images/s": (
             [f"batch {b}" for b in BATCH_SIZES],
             {label: [inprocess[str(b)][label]["images_per_s"] for b in BATCH_SIZES] for label in labels},
-        )
-    }
-    if served:
-        panels["served images/s (onnxruntime cuda fp32)"] = (
+        ),
+        f"served images/s ({served_backend})": (
             [f"c={c}" for c in served],
             {"cnnserve": [p["images_per_s"] for p in served.values()]},
-        )
+        ),
+    }
     grouped_bars(plot, panels, f"{MODEL} on {torch.cuda.get_device_name(0)}")
     rows = [
         [
@@ -167,7 +174,12 @@ def gpu(ctx: BenchContext) -> SectionResult:
         for b in BATCH_SIZES
         for label in labels
     ] + [
-        [f"served c={c}", f"max_batch_size {MAX_BATCH}", f"{p['images_per_s']:.0f}", f"p50 {p['p50_ms']:.2f}"]
+        [
+            f"served ({served_backend}) c={c}",
+            f"max_batch_size {MAX_BATCH}",
+            f"{p['images_per_s']:.0f}",
+            f"p50 {p['p50_ms']:.2f}",
+        ]
         for c, p in served.items()
     ]
     return SectionResult(
@@ -180,6 +192,7 @@ def gpu(ctx: BenchContext) -> SectionResult:
             "rounds": rounds,
             "inprocess": inprocess,
             "served": served,
+            "served_backend": served_backend,
             "missing": missing,
         },
         plots=[plot],

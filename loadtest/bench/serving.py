@@ -45,30 +45,39 @@ def process_cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def repository(ctx: BenchContext, models: list[str]) -> Path:
-    """``<work>/repo`` holding each model twice: ``<model>`` with dynamic batching (delay 0) and
-    ``<model>_nobatch`` without, both ``max_batch_size`` 8, from one ONNX export with random weights
-    (speed does not depend on their values). Exported once per benchmark run."""
+def repository(ctx: BenchContext, models: list[str], fmt: str = "onnx") -> Path:
+    """``<work>/repo`` (``repo-torch_export`` for ``fmt="torch_export"``) holding each model twice:
+    ``<model>`` with dynamic batching (delay 0) and ``<model>_nobatch`` without, both ``max_batch_size``
+    8, from one export with random weights (speed does not depend on their values): ONNX, or a
+    ``torch.export`` program that the server runs with torch (on CUDA where onnxruntime has no CUDA
+    provider). Exported once per benchmark run."""
     from export.onnx_export import export_onnx
     from models import get_labels, get_model_entry, load_model
-    from service.testing import add_model
+    from service.testing import add_model, export_torch_program
 
-    repo = ctx.work_dir / "repo"
+    if fmt not in ("onnx", "torch_export"):
+        raise ValueError(f"benchmark repository format must be onnx or torch_export, got {fmt!r}")
+    repo = ctx.work_dir / ("repo" if fmt == "onnx" else f"repo-{fmt}")
     for name in models:
         if (repo / name).is_dir() and (repo / f"{name}{NOBATCH}").is_dir():
             continue
-        onnx_path = ctx.work_dir / "onnx" / f"{name}.onnx"
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.console.status(f"exporting {name} to ONNX (random weights)"):
-            export_onnx(load_model(name, weights="random").model, get_model_entry(name).input_spec, onnx_path)
+        artifact = ctx.work_dir / fmt / (f"{name}.onnx" if fmt == "onnx" else f"{name}.pt2")
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        with ctx.console.status(f"exporting {name} ({fmt}, random weights)"):
+            if fmt == "onnx":
+                model = load_model(name, weights="random").model
+                export_onnx(model, get_model_entry(name).input_spec, artifact)
+            else:
+                export_torch_program(name, artifact)
         spec, labels = get_model_entry(name).input_spec, get_labels(name)
         for served, batching in ((name, True), (f"{name}{NOBATCH}", False)):
             add_model(
                 repo,
                 served,
-                onnx_path,
+                artifact,
                 spec=spec,
                 labels=labels,
+                fmt=fmt,
                 source_model=name,
                 max_batch_size=MAX_BATCH,
                 dynamic_batching=batching,
@@ -88,12 +97,12 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def cnnserve(ctx: BenchContext, models: list[str], *args: str) -> Iterator[RunningServer]:
+def cnnserve(ctx: BenchContext, models: list[str], *args: str, fmt: str = "onnx") -> Iterator[RunningServer]:
     """``python -m service`` over the benchmark repository, serving ``models`` and their ``_nobatch``
     copies, on free 127.0.0.1 ports (stopped with SIGTERM on exit)."""
     from service.testing import start_server
 
-    repo = repository(ctx, models)
+    repo = repository(ctx, models, fmt)
     logs = ctx.work_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     names = [n for m in models for n in (m, f"{m}{NOBATCH}")]

@@ -140,3 +140,28 @@ def test_gpu_section_skips_without_a_gpu_and_keeps_earlier_figures(tmp_path, cap
     assert bench_main(["--section", "gpu", "--out", str(tmp_path)]) == 0
     assert "skipped" in capsys.readouterr().out
     assert (tmp_path / "gpu.json").read_text() == "{}"
+
+
+def test_torch_export_repository_serves_through_the_closed_loop(tmp_path):
+    """What the gpu section serves where onnxruntime has no CUDA provider: the benchmark repository as
+    torch.export programs, run here by the torch backend on CPU instead of CUDA."""
+    from rich.console import Console
+
+    from loadtest.bench.serving import NOBATCH, closed_loop, cnnserve, repository
+
+    ctx = bench.BenchContext(out_dir=tmp_path / "out", quick=True, console=Console(), work_dir=tmp_path)
+    with pytest.raises(ValueError, match="onnx or torch_export"):
+        repository(ctx, ["lenet5"], "tensorrt_plan")
+    with cnnserve(ctx, ["lenet5"], "--device", "cpu", fmt="torch_export") as server:
+        for name in ("lenet5", f"lenet5{NOBATCH}"):
+            manifest = json.loads((server.repo / name / "1" / "manifest.json").read_text())
+            assert manifest["format"] == "torch_export" and (server.repo / name / "1" / "model.pt2").is_file()
+        point = closed_loop(ctx, server.endpoint("lenet5"), 2)  # quick windows
+        backends = {
+            dict(labels).get("backend")
+            for (name, labels), _ in scrape(server.metrics_url).items()
+            if dict(labels).get("model") == "lenet5"
+        }
+    assert server.repo == tmp_path / "repo-torch_export"
+    assert point["requests_per_s"] > 0 and point["errors"] == 0
+    assert "torch" in backends
