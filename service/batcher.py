@@ -224,8 +224,19 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------- requests
 
+    def _admit(self, data: np.ndarray, deadline: float | None) -> float:
+        """Reject a request no batch can take (too many rows, deadline already passed); returns now."""
+        rows = data.shape[0]
+        if rows > self.policy.max_batch_size:
+            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.policy.max_batch_size}")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
+        return now
+
     def run_now(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray | None:
-        """The output rows for ``data`` computed right away, or None when the request must queue.
+        """The output rows for ``data`` computed right away, or None when the request must queue
+        (:meth:`enqueue`).
 
         An inline instance (see ``inline``) that is idle with nothing queued, under a policy that would not
         wait for company (delay 0, or no dynamic batching), is exactly where Triton's scheduler runs the
@@ -235,30 +246,25 @@ class DynamicBatcher:
         if not self._direct or self._queue:
             return None
         if self._closing or self._loop is None or self._failure is not None:
-            return None  # submit() raises the right error
-        rows = data.shape[0]
-        if rows > self.policy.max_batch_size:
-            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.policy.max_batch_size}")
-        now = time.monotonic()
-        if deadline is not None and deadline <= now:
-            raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
+            return None  # enqueue() raises the right error
+        now = self._admit(data, deadline)
         return self._run_now(PendingRequest(data, None, now, deadline))
 
     async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Queue ``data`` (N rows) and return the backend's N output rows for it."""
+        """The backend's N output rows for ``data`` (N rows): run at once where :meth:`run_now` can,
+        otherwise queued for a batch."""
         done = self.run_now(data, deadline)
         if done is not None:
             return done
+        return await self.enqueue(data, deadline)
+
+    async def enqueue(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Queue ``data`` for the next batch (for a caller that has tried :meth:`run_now` already)."""
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name} is not accepting requests (unloading)")
         if self._failure is not None:
             raise Unavailable(f"model {self.name} stopped serving after an internal error: {self._failure}")
-        rows = int(data.shape[0])
-        if rows > self.policy.max_batch_size:
-            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.policy.max_batch_size}")
-        now = time.monotonic()
-        if deadline is not None and deadline <= now:
-            raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
+        now = self._admit(data, deadline)
         if len(self._queue) >= self.policy.max_queue_size:
             waiting = self.policy.max_queue_size
             raise Overloaded(f"model {self.name} queue is full ({waiting} requests waiting); retry later")

@@ -278,7 +278,7 @@ class InferenceCore:
             batcher = served.batcher
             logits = batcher.run_now(data, deadline)  # a tiny model's idle instance: no await at all
             if logits is None:
-                logits = await batcher.submit(data, deadline)
+                logits = await batcher.enqueue(data, deadline)
             response = build_response(request, served, logits, top_k)
             outcome = "success"
             return response
