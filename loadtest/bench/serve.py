@@ -54,6 +54,11 @@ def _interleaved(ctx: BenchContext, rounds: int, jobs: list[tuple[str, object]])
 # ---------------------------------------------------------------------------------------- overhead
 
 
+def round_ratios(ours: list[dict], base: list[dict], key: str) -> list[float]:
+    """``ours[r][key] / base[r][key]`` for each round ``r``: the two were measured side by side."""
+    return [o[key] / b[key] for o, b in zip(ours, base, strict=True)]
+
+
 def overhead_ratios(floor: dict[int, list[dict]], ours: dict[int, list[dict]]) -> dict:
     """The overhead figures the issue sets targets for, per concurrency: the median over rounds of
     cnnserve against the floor measured right beside it in the same round (so that a change in the
@@ -62,7 +67,7 @@ def overhead_ratios(floor: dict[int, list[dict]], ours: dict[int, list[dict]]) -
     for c in sorted(set(floor) & set(ours)):
         pairs = list(zip(floor[c], ours[c], strict=True))
         out[f"c{c}_requests_per_s_vs_floor"] = statistics.median(
-            o["requests_per_s"] / f["requests_per_s"] for f, o in pairs
+            round_ratios(ours[c], floor[c], "requests_per_s")
         )
         out[f"c{c}_p50_minus_floor_ms"] = statistics.median(o["p50_ms"] - f["p50_ms"] for f, o in pairs)
         cpu = [
@@ -109,17 +114,21 @@ def serve_overhead(ctx: BenchContext) -> SectionResult:
     )
     per_round = {
         f"c{c}_requests_per_s_vs_floor": [
-            round(o["requests_per_s"] / f["requests_per_s"], 3)
-            for f, o in zip(measured[f"floor@{c}"], measured[f"cnnserve@{c}"], strict=True)
+            round(r, 3)
+            for r in round_ratios(measured[f"cnnserve@{c}"], measured[f"floor@{c}"], "requests_per_s")
         ]
         for c in CONCURRENCIES
     }
     targets_met = {
-        "c1_requests_per_s_vs_floor >= 0.75": _verdict(ratios["c1_requests_per_s_vs_floor"], 0.75),
+        "c1_requests_per_s_vs_floor >= 0.75": _verdict(
+            ratios["c1_requests_per_s_vs_floor"], MIN_REQUESTS_VS_FLOOR
+        ),
         "c1_p50_minus_floor_ms <= 0.5": _verdict(
             ratios["c1_p50_minus_floor_ms"], MAX_P50_OVER_FLOOR_MS, higher_is_better=False
         ),
-        "c8_requests_per_s_vs_floor >= 0.75": _verdict(ratios["c8_requests_per_s_vs_floor"], 0.75),
+        "c8_requests_per_s_vs_floor >= 0.75": _verdict(
+            ratios["c8_requests_per_s_vs_floor"], MIN_REQUESTS_VS_FLOOR
+        ),
     }
     categories = [f"c={c}" for c in CONCURRENCIES]
     plot = ctx.out_dir / "serve-overhead.png"
@@ -211,7 +220,7 @@ def compute_ratios(served: dict[int, list[dict]], inprocess: dict[str, list[dict
         same = inprocess.get(f"server options, batch {batch}")
         if same:
             out[f"c{c}_vs_inprocess_batch{batch}"] = statistics.median(
-                p["images_per_s"] / q["images_per_s"] for p, q in zip(points, same, strict=True)
+                round_ratios(points, same, "images_per_s")
             )
     out["best_served_vs_best_inprocess"] = statistics.median(
         max(points[r]["images_per_s"] for points in served.values())
@@ -330,8 +339,7 @@ def batching(ctx: BenchContext) -> SectionResult:
     rows, notes = [], []
     for model in models:
         on, off = medians[f"{model}/on"], medians[f"{model}/off"]
-        pairs = zip(measured[f"{model}/on"], measured[f"{model}/off"], strict=True)
-        by_round = [p["images_per_s"] / q["images_per_s"] for p, q in pairs]
+        by_round = round_ratios(measured[f"{model}/on"], measured[f"{model}/off"], "images_per_s")
         gain = statistics.median(by_round)  # each round's on/off pair was measured side by side
         figures["models"][model] = {
             "on": on,
