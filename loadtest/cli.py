@@ -18,7 +18,9 @@ from loadtest.progress import LiveProgress, QuietProgress
 PROG = "python -m loadtest"
 
 
-def _number_list(kind, what: str):
+def number_list(kind, what: str):
+    """argparse type: comma-separated positive ``kind`` values, e.g. ``1,2,4,8``."""
+
     def parse(text: str) -> tuple:
         try:
             values = tuple(kind(part) for part in text.split(","))
@@ -31,7 +33,9 @@ def _number_list(kind, what: str):
     return parse
 
 
-def _positive(kind, allow_zero: bool = False):
+def positive(kind, allow_zero: bool = False):
+    """argparse type: one positive (or, with ``allow_zero``, non-negative) ``kind`` value."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -57,50 +61,46 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--model", required=True, help="model name")
     target.add_argument("--model-version", default="", help="model version (empty: the server's choice)")
     target.add_argument("--metrics-url", help="the target's Prometheus endpoint, for the server-side split")
+    target.add_argument("--timeout", type=positive(float), default=30.0, help="per-request deadline, seconds")
     target.add_argument(
-        "--timeout", type=_positive(float), default=30.0, help="per-request deadline, seconds"
-    )
-    target.add_argument(
-        "--connect-timeout", type=_positive(float), default=3.0, help="seconds to reach the server"
+        "--connect-timeout", type=positive(float), default=3.0, help="seconds to reach the server"
     )
 
     load = parser.add_argument_group("load")
     levels = load.add_mutually_exclusive_group()
     levels.add_argument(
         "--concurrency",
-        type=_number_list(int, "integers"),
+        type=number_list(int, "integers"),
         help="closed loop: clients in flight, e.g. 1,2,4,8",
     )
     levels.add_argument(
-        "--rate", type=_number_list(float, "numbers"), help="open loop: Poisson requests/s, e.g. 50,100,200"
+        "--rate", type=number_list(float, "numbers"), help="open loop: Poisson requests/s, e.g. 50,100,200"
     )
-    load.add_argument("--batch", type=_positive(int), default=1, help="rows (images) per request")
+    load.add_argument("--batch", type=positive(int), default=1, help="rows (images) per request")
     load.add_argument("--input", dest="input_name", help="input to randomize (default: the FP32 one)")
     load.add_argument("--images", type=Path, help="folder of images to send as the BYTES input 'image'")
-    load.add_argument("--workers", type=_positive(int), default=1, help="client processes")
-    load.add_argument("--max-inflight", type=_positive(int), default=1024, help="open loop: cap per worker")
+    load.add_argument("--workers", type=positive(int), default=1, help="client processes")
+    load.add_argument("--max-inflight", type=positive(int), default=1024, help="open loop: cap per worker")
     load.add_argument("--seed", type=int, default=0, help="seed for random tensors and arrivals")
 
     measure = parser.add_argument_group("measurement")
     measure.add_argument(
-        "--warmup", type=_positive(float, allow_zero=True), default=1.0, help="seconds per step"
+        "--warmup", type=positive(float, allow_zero=True), default=1.0, help="seconds per step"
+    )
+    measure.add_argument("--window", type=positive(float), default=2.0, help="seconds per measurement window")
+    measure.add_argument(
+        "--windows", type=positive(int), default=3, help="consecutive windows that must agree"
     )
     measure.add_argument(
-        "--window", type=_positive(float), default=2.0, help="seconds per measurement window"
+        "--stability", type=positive(float), default=0.1, help="relative tolerance of agreement"
     )
     measure.add_argument(
-        "--windows", type=_positive(int), default=3, help="consecutive windows that must agree"
+        "--duration", type=positive(float), default=30.0, help="most seconds measured per step"
     )
-    measure.add_argument(
-        "--stability", type=_positive(float), default=0.1, help="relative tolerance of agreement"
-    )
-    measure.add_argument(
-        "--duration", type=_positive(float), default=30.0, help="most seconds measured per step"
-    )
-    measure.add_argument("--max-requests", type=_positive(int), help="most requests measured per step")
+    measure.add_argument("--max-requests", type=positive(int), help="most requests measured per step")
     measure.add_argument(
         "--late-threshold",
-        type=_positive(float),
+        type=positive(float),
         default=0.005,
         help="open loop: seconds behind schedule = late",
     )

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from loadtest.cli import number_list, positive
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
@@ -171,26 +172,6 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def positive_int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,32,32, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
-    return values
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.null_server", description=__doc__.split("\n")[0]
@@ -200,9 +181,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=0, help="/metrics port (0 = pick a free one)")
     parser.add_argument("--model", default="null")
     parser.add_argument("--model-version", default="1")
-    parser.add_argument("--shape", type=positive_int_list, default=(1, 32, 32), help="C,H,W of 'input'")
-    parser.add_argument("--classes", type=positive_int, default=10)
-    parser.add_argument("--max-batch-size", type=positive_int, default=8)
+    shape = number_list(int, "integers like 1,32,32")
+    parser.add_argument("--shape", type=shape, default=(1, 32, 32), help="C,H,W of 'input'")
+    parser.add_argument("--classes", type=positive(int), default=10)
+    parser.add_argument("--max-batch-size", type=positive(int), default=8)
     return parser.parse_args(argv)
 
 

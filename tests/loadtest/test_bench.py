@@ -165,3 +165,19 @@ def test_torch_export_repository_serves_through_the_closed_loop(tmp_path):
     assert server.repo == tmp_path / "repo-torch_export"
     assert point["requests_per_s"] > 0 and point["errors"] == 0
     assert "torch" in backends
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shape", "1,x,32"], "argument --shape: expected comma-separated integers like 1,32,32"),
+        (["--shape", "1,0,32"], "argument --shape: values must be positive"),
+        (["--classes", "0"], "argument --classes: must be positive"),
+        (["--max-batch-size", "two"], "argument --max-batch-size: expected a number"),
+    ],
+)
+def test_null_server_rejects_bad_arguments_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        null_server.parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
