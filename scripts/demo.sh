@@ -12,4 +12,4 @@ PY="${VENV:-.venv}/bin/python"
 # --force: re-running the demo replaces version 1 instead of stopping at it.
 "$PY" -m export lenet5 --weights checkpoints/lenet5_digits.pt --int8 --calib digits \
   --repo model_repository --force
-"$PY" -m service.demo --repo model_repository --models lenet5 lenet5_int8
+"$PY" -m examples.classify_digits --repo model_repository --models lenet5 lenet5_int8

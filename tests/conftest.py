@@ -2,7 +2,7 @@
 
 The export is the real pipeline (``export.export_model``): the server, load-test, deploy and demo tests
 serve its artifacts, manifests and config.pbtxt as ``python -m export`` writes them. Tests only read
-this repository; a test that changes one copies it first (``service.testing.copy_entry``).
+this repository; a test that changes one copies it first (``harness.repository.copy_entry``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.testing import start_server
+from harness.server import start_server
 
 if TYPE_CHECKING:
     from export import ExportResult

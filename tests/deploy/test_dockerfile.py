@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.testing import free_port, start_process
+from harness.server import free_port, start_process
 from tests.deploy.deploy_contract import ROOT, Stage, parse_dockerfile, server_modules, server_settings
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest import cli, null_server
+from bench import null_server
+from loadtest import cli
 from loadtest.scrape import scrape
 
 # Short windows keep every run to a few seconds; the tolerance is loose because the CI machine is shared.

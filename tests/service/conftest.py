@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.repository import add_model, copy_entry, export_torch_program, faulty_onnx
+from harness.server import start_server
 from models.lenet import DIGIT_LABELS, DIGITS_INPUT
 from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient
-from service.testing import add_model, copy_entry, export_torch_program, faulty_onnx, start_server
 
 
 class Artifacts:

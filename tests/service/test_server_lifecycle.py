@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.server import ROOT
 from protos import grpc_service_pb2 as pb
 from service.client import InferenceServerError
 from service.codec import add_input
-from service.testing import ROOT
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from harness.server import ROOT
 from modelrepo.preprocess import preprocess_bytes
 from models.lenet import DIGITS_INPUT
 from service.client import Classification, InferenceServerError, parse_classification
-from service.testing import ROOT
 
 
 def expected_top(model_repo, images, k):

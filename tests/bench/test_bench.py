@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest import bench, null_server
-from loadtest.bench.__main__ import main as bench_main
-from loadtest.bench.gpu import no_gpu_reason
-from loadtest.bench.serve import compute_ratios, overhead_ratios
-from loadtest.bench.serving import median_point
+import bench
+from bench import null_server
+from bench.__main__ import main as bench_main
+from bench.gpu import no_gpu_reason
+from bench.serve import compute_ratios, overhead_ratios
+from bench.serving import median_point
 from loadtest.scrape import scrape
 from service.client import InferenceClient, InferenceServerError
 
@@ -103,7 +104,7 @@ def test_quick_client_section_writes_figures_and_plot(tmp_path):
     assert bench_main(["--section", "client", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "client.json").read_text())
     assert record["section"] == "client" and record["quick"] is True
-    assert record["reproduce"] == "python -m loadtest.bench --section client --quick"
+    assert record["reproduce"] == "python -m bench --section client --quick"
     assert len(record["load_average_before"]) == 3
     configs = record["figures"]["configs"]
     assert [(c["concurrency"], c["workers"]) for c in configs] == [(1, 1), (1, 2), (8, 1), (8, 2)]
@@ -147,7 +148,7 @@ def test_torch_export_repository_serves_through_the_closed_loop(tmp_path):
     torch.export programs, run here by the torch backend on CPU instead of CUDA."""
     from rich.console import Console
 
-    from loadtest.bench.serving import NOBATCH, closed_loop, cnnserve, repository
+    from bench.serving import NOBATCH, closed_loop, cnnserve, repository
 
     ctx = bench.BenchContext(out_dir=tmp_path / "out", quick=True, console=Console(), work_dir=tmp_path)
     with pytest.raises(ValueError, match="onnx or torch_export"):

@@ -10,9 +10,8 @@ import time
 import grpc
 import numpy as np
 
-from loadtest import null_server
-from loadtest.bench import BenchContext, SectionResult, register_section
-from loadtest.bench.charts import bar_chart
+from bench import BenchContext, SectionResult, null_server, register_section
+from bench.charts import bar_chart
 from loadtest.inputs import build_payloads
 from loadtest.options import LoadTestOptions
 from loadtest.progress import QuietProgress

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.bench import BenchContext
+from bench import BenchContext
 from loadtest.options import LoadTestOptions
 from loadtest.progress import QuietProgress
 from loadtest.sweep import run_loadtest
@@ -52,8 +52,8 @@ def repository(ctx: BenchContext, models: list[str], fmt: str = "onnx") -> Path:
     ``torch.export`` program that the server runs with torch (on CUDA where onnxruntime has no CUDA
     provider). Exported once per benchmark run."""
     from export.onnx_export import export_onnx
+    from harness.repository import add_model, export_torch_program
     from models import get_labels, get_model_entry, load_model
-    from service.testing import add_model, export_torch_program
 
     if fmt not in ("onnx", "torch_export"):
         raise ValueError(f"benchmark repository format must be onnx or torch_export, got {fmt!r}")
@@ -100,7 +100,7 @@ class RunningServer:
 def cnnserve(ctx: BenchContext, models: list[str], *args: str, fmt: str = "onnx") -> Iterator[RunningServer]:
     """``python -m service`` over the benchmark repository, serving ``models`` and their ``_nobatch``
     copies, on free 127.0.0.1 ports (stopped with SIGTERM on exit)."""
-    from service.testing import start_server
+    from harness.server import start_server
 
     repo = repository(ctx, models, fmt)
     logs = ctx.work_dir / "logs"

@@ -1,4 +1,4 @@
-"""Benchmarks behind every figure in BENCHMARKS.md: ``python -m loadtest.bench [--section NAME ...]``.
+"""Benchmarks behind every figure in BENCHMARKS.md: ``python -m bench [--section NAME ...]``.
 
 A benchmark is a *section*: a function ``run(ctx: BenchContext) -> SectionResult`` registered under a
 name with ``@register_section(name, description)`` in a module listed in ``SECTION_MODULES``. The runner
@@ -24,10 +24,10 @@ from pathlib import Path
 from rich.console import Console
 
 SECTION_MODULES = (
-    "loadtest.bench.client",
-    "loadtest.bench.export",
-    "loadtest.bench.serve",
-    "loadtest.bench.gpu",
+    "bench.client",
+    "bench.export",
+    "bench.serve",
+    "bench.gpu",
 )
 
 

@@ -1,5 +1,4 @@
-"""Helpers for the server's tests, benchmark and demo: repository entries and a server subprocess on free
-local ports.
+"""Repository entries for tests and benchmarks.
 
 ``python -m export`` writes the real entries; ``copy_entry`` derives variants of one (another name, other
 batching settings) with its artifact and manifest unchanged. ``add_model`` writes an entry by hand for what
@@ -10,15 +9,8 @@ torch is imported only by the functions that export a network.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,36 +19,6 @@ from modelrepo.config import make_config, read_config, write_config
 from modelrepo.layout import versions, write_labels
 from modelrepo.manifest import FORMATS, Manifest, package_versions, sha256_file
 from modelrepo.preprocess import InputSpec
-
-ROOT = Path(__file__).resolve().parents[1]  # the repository root: servers start here, as `python -m service`
-
-
-def export_onnx(
-    model_name: str, path: Path, *, seed: int = 0, opset: int = 18
-) -> tuple[InputSpec, list[str]]:
-    """Export a registry model with random weights (``seed``) to ONNX with a dynamic batch axis."""
-    import torch
-
-    from models import get_labels, get_model, get_model_entry
-
-    entry = get_model_entry(model_name)
-    model = get_model(model_name, weights="random", seed=seed).eval()
-    example = torch.zeros((2, *entry.input_spec.shape))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        opset_version=opset,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
-    return entry.input_spec, get_labels(model_name)
 
 
 def export_torch_program(
@@ -217,130 +179,3 @@ def copy_entry(
         manifest.model = name
         manifest.write(target / str(version))
     return target
-
-
-# ----------------------------------------------------------------------------- running a server process
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    """A ``python -m service`` (or any KServe v2 server) subprocess on local ports."""
-
-    proc: subprocess.Popen
-    address: str
-    metrics_url: str
-    log_path: Path
-    clients: list = field(default_factory=list)
-
-    def client(self, **kwargs):
-        from service.client import InferenceClient
-
-        c = InferenceClient(self.address, **kwargs)
-        self.clients.append(c)
-        return c
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM, wait (kill after ``timeout`` s); returns the exit code."""
-        for c in self.clients:
-            c.close()
-        self.clients.clear()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def start_process(
-    cmd: list[str],
-    address: str,
-    metrics_url: str,
-    log_path: Path,
-    *,
-    ready_service: str | None = "",
-    ready_timeout: float = 120,
-    env: dict[str, str] | None = None,
-) -> ServerProcess:
-    """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady)."""
-    from service.healthcheck import check
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-    server = ServerProcess(proc, address, metrics_url, log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{server.log()}")
-        if ready_service is not None:
-            ready, _ = check(address, ready_service, timeout=1.0)
-        else:
-            ready = _server_ready(address)
-        if ready:
-            return server
-        time.sleep(0.2)
-    server.terminate()
-    raise RuntimeError(f"{' '.join(cmd)} not ready after {ready_timeout}s:\n{server.log()}")
-
-
-def _server_ready(address: str) -> bool:
-    import grpc
-
-    from protos import grpc_service_pb2 as pb
-    from protos import grpc_service_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            return (
-                pb_grpc.GRPCInferenceServiceStub(channel)
-                .ServerReady(pb.ServerReadyRequest(), timeout=1)
-                .ready
-            )
-        except grpc.RpcError:
-            return False
-
-
-def start_server(
-    repo: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 120
-) -> ServerProcess:
-    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING."""
-    grpc_port, metrics_port = free_port(), free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "service",
-        "--repo",
-        str(repo),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-        *args,
-    ]
-    return start_process(
-        cmd,
-        f"127.0.0.1:{grpc_port}",
-        f"http://127.0.0.1:{metrics_port}/metrics",
-        Path(log_dir) / f"server-{grpc_port}.log",
-        env=env,
-        ready_timeout=ready_timeout,
-    )

@@ -1,4 +1,4 @@
-"""``python -m service.demo --repo model_repository``: serve the digits models and classify held-out digits.
+"""``python -m examples.classify_digits --repo model_repository``: serve the digits models, classify digits.
 
 The end of the README's main job (``scripts/demo.sh``, after ``models.train`` and ``export``): start
 ``python -m service`` on free local ports, send the 360 held-out digits of the fixed split
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.server import ServerProcess, start_server
 from loadtest.scrape import ServerSplit, scrape, server_split
 from modelrepo.layout import versions
 from modelrepo.manifest import Manifest, ManifestError
 from modelrepo.preprocess import InputSpec
 from service.client import InferenceClient, InferenceServerError
-from service.testing import ServerProcess, start_server
 
 DEFAULT_MODELS = ("lenet5", "lenet5_int8")
 INPUTS = ("image", "input")
@@ -193,7 +193,7 @@ def format_row(r: RunResult) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m service.demo",
+        prog="python -m examples.classify_digits",
         description="Serve digits models with python -m service and classify the held-out digits over gRPC.",
     )
     parser.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository")

@@ -1,5 +1,5 @@
 """onnxruntime's own throughput on a served model's artifact, in a process of its own:
-``python -m loadtest.bench.inprocess --repo REPO --model resnet18 --batch 8 --seconds 8 [--defaults]``.
+``python -m bench.inprocess --repo REPO --model resnet18 --batch 8 --seconds 8 [--defaults]``.
 
 By default the session is built exactly as the server builds it (``service.backends.create_backend``
 with the model's config.pbtxt: same intra-op threads, spinning and graph optimizations), so the
@@ -70,7 +70,7 @@ def measure(infer, shape: list[int], batch: int, seconds: float) -> dict:
 
 def run(repo: Path, model: str, batch: int, seconds: float, defaults: bool = False) -> dict:
     """:func:`main` in a fresh process (its own CPU and GIL, no server threads beside it)."""
-    command = [sys.executable, "-m", "loadtest.bench.inprocess", f"--repo={repo}", f"--model={model}"]
+    command = [sys.executable, "-m", "bench.inprocess", f"--repo={repo}", f"--model={model}"]
     command += [f"--batch={batch}", f"--seconds={seconds}"] + (["--defaults"] if defaults else [])
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 600)
     if done.returncode != 0:
@@ -79,7 +79,7 @@ def run(repo: Path, model: str, batch: int, seconds: float, defaults: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench.inprocess", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, default=1)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import statistics
 
-from loadtest import null_server
-from loadtest.bench import BenchContext, SectionResult, register_section
-from loadtest.bench.charts import grouped_bars
-from loadtest.bench.inprocess import run as run_inprocess
-from loadtest.bench.serving import (
+from bench import BenchContext, SectionResult, null_server, register_section
+from bench.charts import grouped_bars
+from bench.inprocess import run as run_inprocess
+from bench.serving import (
     MAX_BATCH,
     NOBATCH,
     Endpoint,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import BenchContext, SectionResult, register_section
-from loadtest.bench.charts import grouped_bars
+from bench import BenchContext, SectionResult, register_section
+from bench.charts import grouped_bars
 
 BACKENDS = ("pytorch eager", "onnxruntime fp32", "onnxruntime int8")
 MODELS = ("resnet50", "vgg19")

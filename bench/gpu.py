@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.bench import BenchContext, SectionResult, register_section
-from loadtest.bench.charts import grouped_bars
-from loadtest.bench.export import measure
-from loadtest.bench.serving import MAX_BATCH, closed_loop, cnnserve, median_point, window_settings
+from bench import BenchContext, SectionResult, register_section
+from bench.charts import grouped_bars
+from bench.export import measure
+from bench.serving import MAX_BATCH, closed_loop, cnnserve, median_point, window_settings
 
 MODEL = "resnet50"
 BATCH_SIZES = (1, 8)

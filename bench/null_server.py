@@ -1,6 +1,6 @@
 """A do-nothing KServe v2 gRPC server: the protocol's floor for benchmarks and a test target.
 
-``python -m loadtest.null_server --port P --model NAME --shape 1,32,32 --classes 10 --max-batch-size 8``
+``python -m bench.null_server --port P --model NAME --shape 1,32,32 --classes 10 --max-batch-size 8``
 
 It serves one model that advertises an FP32 ``input`` ``[-1, C, H, W]`` and a BYTES ``image`` ``[-1]``
 and answers every ModelInfer with a zero ``logits`` ``[batch, classes]`` in ``raw_output_contents``,
@@ -173,9 +173,7 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m loadtest.null_server", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.null_server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001, help="gRPC port (0 = pick a free one)")
     parser.add_argument("--metrics-port", type=int, default=0, help="/metrics port (0 = pick a free one)")
@@ -242,7 +240,7 @@ def running(
     command = [
         python,
         "-m",
-        "loadtest.null_server",
+        "bench.null_server",
         "--port=0",
         "--metrics-port=0",
         f"--model={model}",

@@ -1,4 +1,4 @@
-"""``python -m loadtest.bench [--section NAME ...] [--out docs/bench] [--quick] [--list] [--work DIR]``."""
+"""``python -m bench [--section NAME ...] [--out docs/bench] [--quick] [--list] [--work DIR]``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.bench import BenchContext, load_sections
+from bench import BenchContext, load_sections
 
 
 def cpu_name() -> str:
@@ -65,7 +65,7 @@ def _finite(value):
 
 def main(argv: list[str] | None = None) -> int:
     sections = load_sections()
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--section", action="append", choices=list(sections), help="default: all, in order")
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for JSON and PNG files")
     parser.add_argument("--quick", action="store_true", help="short smoke run; figures not for publishing")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"{section.name}: {section.description}", highlight=False)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m loadtest.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="loadtest-bench-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def run_section(section, context: BenchContext, command: str, quick: bool) -> No
         "started_at": started,
         "seconds": round(time.monotonic() - clock, 1),
         "command": command,
-        "reproduce": f"python -m loadtest.bench --section {section.name}" + (" --quick" if quick else ""),
+        "reproduce": f"python -m bench --section {section.name}" + (" --quick" if quick else ""),
         "quick": quick,
         "machine": machine(),
         "load_average_before": load_before,  # 1, 5 and 15 minutes

@@ -1,4 +1,4 @@
-"""python -m service.demo (the end of scripts/demo.sh) against the session's exported LeNet-5 repository."""
+"""python -m examples.classify_digits (the end of scripts/demo.sh) on the session's exported LeNet-5."""
 
 from __future__ import annotations
 
@@ -8,14 +8,22 @@ import sys
 
 import pytest
 
-from service.demo import main
-from service.testing import ROOT
+from examples.classify_digits import main
+from harness.server import ROOT
 
 
 def test_demo_classifies_the_heldout_digits_and_stops_cleanly(lenet5_export, tmp_path):
     out = tmp_path / "demo.json"
     done = subprocess.run(
-        [sys.executable, "-m", "service.demo", "--repo", str(lenet5_export.repo), "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "examples.classify_digits",
+            "--repo",
+            str(lenet5_export.repo),
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -65,8 +73,8 @@ def test_demo_needs_a_repository(tmp_path, capsys):
 
 
 def test_demo_refuses_a_model_that_does_not_classify_digits(lenet5_export, tmp_path, capsys):
+    from harness.repository import copy_entry
     from modelrepo.manifest import Manifest
-    from service.testing import copy_entry
 
     version_dir = copy_entry(lenet5_export["fp32"].model_dir, tmp_path, "cifar_net") / "1"
     manifest = Manifest.read(version_dir)

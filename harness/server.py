@@ -1,0 +1,139 @@
+"""A server subprocess (``python -m service`` or any KServe v2 server) on free local ports, for tests,
+benchmarks and the demo. Servers start in the source checkout, as ``python -m service``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: servers start here
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A ``python -m service`` (or any KServe v2 server) subprocess on local ports."""
+
+    proc: subprocess.Popen
+    address: str
+    metrics_url: str
+    log_path: Path
+    clients: list = field(default_factory=list)
+
+    def client(self, **kwargs):
+        from service.client import InferenceClient
+
+        c = InferenceClient(self.address, **kwargs)
+        self.clients.append(c)
+        return c
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, wait (kill after ``timeout`` s); returns the exit code."""
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_process(
+    cmd: list[str],
+    address: str,
+    metrics_url: str,
+    log_path: Path,
+    *,
+    ready_service: str | None = "",
+    ready_timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady)."""
+    from service.healthcheck import check
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    server = ServerProcess(proc, address, metrics_url, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{server.log()}")
+        if ready_service is not None:
+            ready, _ = check(address, ready_service, timeout=1.0)
+        else:
+            ready = _server_ready(address)
+        if ready:
+            return server
+        time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError(f"{' '.join(cmd)} not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def _server_ready(address: str) -> bool:
+    import grpc
+
+    from protos import grpc_service_pb2 as pb
+    from protos import grpc_service_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return (
+                pb_grpc.GRPCInferenceServiceStub(channel)
+                .ServerReady(pb.ServerReadyRequest(), timeout=1)
+                .ready
+            )
+        except grpc.RpcError:
+            return False
+
+
+def start_server(
+    repo: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 120
+) -> ServerProcess:
+    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING."""
+    grpc_port, metrics_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--repo",
+        str(repo),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        *args,
+    ]
+    return start_process(
+        cmd,
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        Path(log_dir) / f"server-{grpc_port}.log",
+        env=env,
+        ready_timeout=ready_timeout,
+    )
