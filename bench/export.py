@@ -32,8 +32,9 @@ def runners(name: str, work: Path) -> dict[str, Callable[[np.ndarray], object]]:
 
     from export.calibration import calibration_inputs
     from export.int8 import quantize_int8
-    from export.onnx_export import INPUT_NAME, export_onnx
+    from export.onnx_export import export_onnx
     from export.validate import ort_session
+    from modelrepo.names import INPUT_NAME
     from models import load_model
 
     loaded = load_model(name, weights="random")

@@ -66,8 +66,9 @@ def backends(ctx: BenchContext, work: Path) -> tuple[dict[str, Infer], dict[str,
     import onnxruntime as ort
 
     from export.fp16 import convert_fp16
-    from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from export.onnx_export import export_onnx
     from export.tensorrt import build_plan, tensorrt_status
+    from modelrepo.names import INPUT_NAME, OUTPUT_NAME
     from models import load_model
 
     loaded = load_model(MODEL, weights="random")

@@ -88,7 +88,7 @@ def calibration_inputs(
 ) -> tuple[np.ndarray, str]:
     """``samples`` preprocessed calibration inputs from the held-in part of ``source``."""
     if samples < 1:
-        raise CalibrationError("--calib-samples must be at least 1")
+        raise CalibrationError("{option} must be at least 1", option="calib_samples")
     if source_kind(source) == RANDOM:
         return _random(spec, samples, seed), f"random (standard normal, seed {seed})"
     split = _split(source, spec)

@@ -13,13 +13,8 @@ from export import calibration as cal
 from export.errors import ExportError
 from export.int8 import CALIBRATION_METHODS
 from export.onnx_export import DEFAULT_OPSET
-from export.pipeline import (
-    DEFAULT_CALIB_SAMPLES,
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_INT8_DROP,
-    ExportResult,
-    export_model,
-)
+from export.options import DEFAULT_CALIB_SAMPLES, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_INT8_DROP
+from export.pipeline import ExportResult, export_model
 from export.progress import Reporter, RichReporter
 from export.tensorrt import TENSORRT_MODES
 from models import UnknownModelError, WeightsError, list_models
@@ -137,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reporter=reporter,
         )
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.cli_message()}", file=sys.stderr)
         return e.exit_code
     except (UnknownModelError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

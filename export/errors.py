@@ -1,4 +1,9 @@
-"""The export errors the CLI turns into one-line messages and non-zero exits."""
+"""The export errors: one-line reasons that name the parameter at fault.
+
+A message names its parameter with the placeholder ``{option}``: the Python API shows it as Python does
+(``max_batch_size``), ``python -m export`` as the command-line flag (``--max-batch-size``), through
+:meth:`ExportError.cli_message`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,20 @@ class ExportError(Exception):
 
     exit_code = 2  # the request cannot be served as given
 
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        self.template = message
+        self.option = option  # the export_model parameter at fault, named by {option} in the message
+        super().__init__(message.replace("{option}", option) if option else message)
+
+    def cli_message(self) -> str:
+        """The message with the parameter spelled as its command-line flag."""
+        if not self.option:
+            return str(self)
+        return self.template.replace("{option}", "--" + self.option.replace("_", "-"))
+
 
 class VersionExistsError(ExportError):
-    """The version folder is already in the repository and --force was not given."""
+    """The version folder is already in the repository and replacing it (``force``) was not asked."""
 
 
 class CalibrationError(ExportError):
@@ -18,7 +34,7 @@ class CalibrationError(ExportError):
 
 
 class TensorRTUnavailableError(ExportError):
-    """TensorRT plans were required (--tensorrt on) where TensorRT or a GPU is missing."""
+    """TensorRT plans were required (``tensorrt="on"``) where TensorRT or a GPU is missing."""
 
 
 class ValidationError(ExportError):

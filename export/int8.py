@@ -28,7 +28,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.errors import ExportError
-from export.onnx_export import INPUT_NAME, check_onnx
+from export.onnx_export import check_onnx
+from modelrepo.names import INPUT_NAME
 
 CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
@@ -91,7 +92,10 @@ def quantize_int8(
 ) -> dict:
     """Write the QDQ model to ``dst``; returns what the manifest records under ``quantization``."""
     if method not in CALIBRATION_METHODS:
-        raise ExportError(f"--calib-method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
+        raise ExportError(
+            f"{{option}} must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}",
+            option="calib_method",
+        )
     if activations not in ACTIVATIONS:
         raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
     activation_type, symmetric, described = ACTIVATIONS[activations]

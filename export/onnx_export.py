@@ -17,11 +17,9 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from modelrepo.names import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME
 from modelrepo.preprocess import InputSpec
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_AXIS = "batch"
 MIN_OPSET = 18  # the torch.export-based exporter's minimum
 DEFAULT_OPSET = 18
 # protobuf cannot serialize a message over 2 GiB; past this the weights go to an external-data file.
@@ -45,7 +43,10 @@ def export_onnx(
 ) -> OnnxExport:
     """Write ``model`` as ONNX: input ``input`` [batch, C, H, W], output ``logits`` [batch, classes]."""
     if opset < MIN_OPSET:
-        raise ExportError(f"--opset must be >= {MIN_OPSET} (the torch.export-based ONNX exporter's minimum)")
+        raise ExportError(
+            f"{{option}} must be >= {MIN_OPSET} (the torch.export-based ONNX exporter's minimum)",
+            option="opset",
+        )
     path = Path(path)
     model.eval()
     # A batch of 2: torch.export specializes sizes 0 and 1, so an example batch of 1 would pin the axis.
@@ -89,8 +90,3 @@ def check_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         if first.dim_param != BATCH_AXIS:
             raise ExportError(f"{path}: {value.name} has no dynamic {BATCH_AXIS!r} axis (got {first})")
     return proto
-
-
-def onnx_opset(path: str | os.PathLike) -> int:
-    proto = onnx.load(str(path), load_external_data=False)
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

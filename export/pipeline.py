@@ -2,13 +2,14 @@
 
 Every artifact is compared with the PyTorch FP32 model on the same inputs: random batches of several
 sizes (parity) and an evaluation set (top-1 agreement and, where labels exist, accuracy). Nothing is
-written to the repository unless every check passes.
+written to the repository unless every check passes. Each precision is one stage: convert from the
+FP32 ONNX model, check, optionally build a TensorRT plan, write the entry.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +18,17 @@ from typing import Any
 import numpy as np
 
 from export import calibration as cal
-from export.entries import build_manifest, served_config, served_name
-from export.errors import ExportError, ValidationError
+from export.batching import default_batching
+from export.errors import ExportError, ValidationError, VersionExistsError
 from export.fp16 import convert_fp16
-from export.int8 import CALIBRATION_METHODS, quantize_int8
-from export.onnx_export import DEFAULT_OPSET, export_onnx
+from export.int8 import quantize_int8
+from export.onnx_export import export_onnx
+from export.options import ExportOptions
 from export.progress import Reporter
 from export.tensorrt import PlanRunner, build_plan, resolve_mode
 from export.validate import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
-    Parity,
     Tolerance,
     accuracy,
     compare,
@@ -39,15 +40,16 @@ from export.validate import (
     top1_agreement,
     torch_logits,
 )
-from export.writer import RepositoryWriter, check_version_free
+from export.versions import tool_versions
+from modelrepo import writer as repo_writer
+from modelrepo.entries import entry_config, entry_manifest, served_name
 from modelrepo.manifest import Manifest
+from modelrepo.names import artifact_file
+from modelrepo.writer import RepositoryWriteError, RepositoryWriter, check_version_free
 from models import LoadedModel, get_model_entry, load_model
 
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_CALIB_SAMPLES = 256
-DEFAULT_MAX_INT8_DROP = 1.0  # accuracy points, checked where labels exist and weights are trained
 EVAL_BATCH_SIZE = 32
-ONNX_FILE, PLAN_FILE = "model.onnx", "model.plan"
+ONNX_FILE, PLAN_FILE = artifact_file("onnx"), artifact_file("tensorrt_plan")
 
 
 @dataclass
@@ -93,13 +95,16 @@ class _Reference:
 
 @dataclass
 class _Run:
-    """State of one export: the staged folders, the reference, timings."""
+    """State of one export: the options, the staged folders, the reference, timings."""
 
+    options: ExportOptions
     loaded: LoadedModel
     writer: RepositoryWriter
     reporter: Reporter
-    max_batch_size: int
+    build_plans: bool
     reference: _Reference | None = None
+    calib_inputs: np.ndarray | None = None
+    calib_source: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     current: str = ""
 
@@ -110,29 +115,47 @@ class _Run:
             yield advance
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - started
 
+    def onnx_path(self, precision: str) -> Path:
+        return self.writer.version_dir(served_name(self.loaded.name, precision)) / ONNX_FILE
 
-def _eval_source(eval_data: str, int8: bool, calib: str, weights: dict[str, Any]) -> str:
-    if eval_data != "auto":
-        return eval_data
+
+@dataclass(frozen=True)
+class _Conversion:
+    """What a precision's conversion from the FP32 ONNX model recorded."""
+
+    validation: dict[str, Any] = field(default_factory=dict)  # merged into the validation record
+    quantization: dict[str, Any] | None = None  # the manifest's quantization record
+
+
+@dataclass(frozen=True)
+class _Precision:
+    """How one precision is made: convert the FP32 ONNX model, the tolerance of its check, the ONNX model a
+    TensorRT plan is built from."""
+
+    name: str
+    tolerance: Tolerance | None
+    convert: Callable[[_Run, Path], _Conversion]
+    plan_source: Callable[[_Run, Path], tuple[Path, dict[str, Any]]]
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def _eval_source(options: ExportOptions, weights: dict[str, Any]) -> str:
+    if options.eval_data != "auto":
+        return options.eval_data
     trained = (weights.get("trained") or {}).get("dataset", {}).get("name", "")
     if trained == cal.DIGITS:
         return cal.DIGITS
     if trained.startswith("folder:") and Path(trained.removeprefix("folder:")).is_dir():
         return trained.removeprefix("folder:")
-    return calib if int8 else cal.RANDOM
+    return options.calib if options.int8 else cal.RANDOM
 
 
-def _check(
-    run: _Run,
-    precision: str,
-    outputs: list[np.ndarray],
-    eval_outputs: np.ndarray,
-    tolerance: Tolerance | None,
-    what: str,
-) -> dict[str, Any]:
+def _check(run: _Run, outputs: list[np.ndarray], eval_outputs: np.ndarray, tolerance, what: str) -> dict:
     """Validation record of one runtime's outputs; raises past tolerance."""
     ref = run.reference
-    parity: Parity = compare(outputs, ref.parity_outputs, tolerance)
+    parity = compare(outputs, ref.parity_outputs, tolerance)
     require(parity, what)
     if not np.all(np.isfinite(eval_outputs)):
         raise ValidationError(f"{what} produced non-finite logits on {ref.eval.source}")
@@ -151,205 +174,8 @@ def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | No
         session = ort_session(path)
         outs = [run_session(session, x, len(x)) for x in run.reference.parity_inputs]
         eval_out = run_session(session, run.reference.eval.inputs, EVAL_BATCH_SIZE)
-        result = _check(run, precision, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
+        result = _check(run, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
-    return result
-
-
-def _plan(
-    run: _Run,
-    precision: str,
-    source_onnx: Path,
-    version_dir: Path,
-    fp32_onnx: Path,
-    tolerance: Tolerance | None,
-) -> dict:
-    """Build ``version_dir/model.plan`` from ``source_onnx`` and check it; returns the plan record."""
-    plan_path = version_dir / PLAN_FILE
-    with run.stage(f"build TensorRT {precision} plan (batch 1..{run.max_batch_size})"):
-        info = build_plan(
-            source_onnx,
-            plan_path,
-            precision=precision,
-            spec=run.loaded.input_spec,
-            max_batch_size=run.max_batch_size,
-            fp32_onnx=fp32_onnx,
-        )
-    with run.stage(f"check TensorRT {precision} plan against PyTorch"):
-        runner = PlanRunner(plan_path)
-        outs = [runner(x) for x in run.reference.parity_inputs]
-        eval_out = runner.run(run.reference.eval.inputs, min(EVAL_BATCH_SIZE, run.max_batch_size))
-        info["validation"] = _check(run, precision, outs, eval_out, tolerance, f"TensorRT {precision} plan")
-    return info
-
-
-def _finish(
-    run: _Run, precision: str, validation: dict, plan: dict | None = None, quantization: dict | None = None
-) -> None:
-    loaded = run.loaded
-    name = served_name(loaded.name, precision)
-    if plan is not None:  # the plan is the artifact; the ONNX model beside it is the fallback
-        validation = {**plan.pop("validation"), "runtime": "tensorrt", "fallback": validation}
-    vdir = run.writer.version_dir(name)
-    manifest = build_manifest(
-        name,
-        source_model=loaded.name,
-        precision=precision,
-        version_dir=vdir,
-        spec=loaded.input_spec,
-        labels=loaded.labels,
-        weights=loaded.weights,
-        validation=validation,
-        plan=plan,
-        quantization=quantization,
-    )
-    config = served_config(
-        name,
-        source_model=loaded.name,
-        precision=precision,
-        fmt=manifest.format,
-        spec=loaded.input_spec,
-        num_classes=loaded.num_classes,
-        max_batch_size=run.max_batch_size,
-    )
-    run.writer.finish(name, config, loaded.labels, manifest)
-
-
-def export_model(
-    model: str,
-    *,
-    weights: str = "random",
-    fp16: bool = False,
-    int8: bool = False,
-    calib: str = cal.DIGITS,
-    calib_samples: int = DEFAULT_CALIB_SAMPLES,
-    calib_method: str = "entropy",
-    eval_data: str = "auto",
-    eval_samples: int | None = None,
-    repo: str | Path = "model_repository",
-    version: int = 1,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    opset: int = DEFAULT_OPSET,
-    force: bool = False,
-    tensorrt: str = "auto",
-    max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
-    seed: int = 0,
-    reporter: Reporter | None = None,
-) -> ExportResult:
-    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32) and, on request, ``<model>_fp16`` and
-    ``<model>_int8``; returns the entries written. Raises :class:`export.errors.ExportError` (and the
-    registry's ``UnknownModelError`` / ``WeightsError``) with a one-line reason."""
-    reporter = reporter or Reporter()
-    repo = Path(repo)
-    entry = get_model_entry(model)
-    if max_batch_size < 1:
-        raise ExportError(f"--max-batch-size must be at least 1, got {max_batch_size}")
-    if calib_method not in CALIBRATION_METHODS:
-        raise ExportError(
-            f"--calib-method must be one of {', '.join(CALIBRATION_METHODS)}, got {calib_method!r}"
-        )
-    precisions = ["fp32"] + ["fp16"] * fp16 + ["int8"] * int8
-    for precision in precisions:
-        check_version_free(repo, served_name(entry.name, precision), version, force)
-    if int8:
-        cal.check_source(calib, "calibration")
-    if eval_data != "auto":
-        cal.check_source(eval_data, "evaluation")
-    trt = resolve_mode(tensorrt, fp16 or int8)
-    result = ExportResult(entry.name, repo, version)
-    if trt is not None and not trt.available:
-        result.notes.append(f"TensorRT plans skipped: {trt.reason}; writing the ONNX artifacts only")
-        reporter.note(result.notes[-1])
-    build_plans = trt is not None and trt.available
-
-    with reporter.stage(f"load {entry.name} ({weights} weights)"):
-        loaded = load_model(entry.name, weights=weights, seed=seed)
-    source = _eval_source(eval_data, int8, calib, loaded.weights)
-    weights_trained = loaded.weights.get("source") != "random"
-
-    with RepositoryWriter(repo, version, force) as writer:
-        run = _Run(loaded, writer, reporter, max_batch_size, current="fp32")
-        spec = loaded.input_spec
-        fp32_onnx = writer.version_dir(entry.name) / ONNX_FILE
-        with run.stage(f"export ONNX fp32 (opset {opset}, dynamic batch)"):
-            exported = export_onnx(loaded.model, spec, fp32_onnx, opset=opset, seed=seed)
-        with run.stage(f"PyTorch reference on {source}"):
-            xs = parity_inputs(spec.shape, parity_batch_sizes(max_batch_size), seed)
-            ev = cal.evaluation_inputs(source, spec, loaded.labels, eval_samples)
-            run.reference = _Reference(
-                xs,
-                [torch_logits(loaded.model, x, len(x)) for x in xs],
-                ev,
-                torch_logits(loaded.model, ev.inputs, EVAL_BATCH_SIZE),
-            )
-        validation = _check_onnx(run, "fp32", fp32_onnx, FP32_TOLERANCE)
-        validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
-        _finish(run, "fp32", validation)
-
-        if fp16:
-            run.current = "fp16"
-            fp16_onnx = writer.version_dir(served_name(entry.name, "fp16")) / ONNX_FILE
-            with run.stage("convert to ONNX fp16 (fp32 inputs/outputs kept)"):
-                conversion = convert_fp16(fp32_onnx, fp16_onnx)
-            validation = _check_onnx(run, "fp16", fp16_onnx, FP16_TOLERANCE)
-            validation["conversion"] = conversion
-            plan = None
-            if build_plans:
-                plan = _plan(run, "fp16", fp16_onnx, fp16_onnx.parent, fp32_onnx, FP16_TOLERANCE)
-            _finish(run, "fp16", validation, plan=plan)
-
-        if int8:
-            run.current = "int8"
-            int8_onnx = writer.version_dir(served_name(entry.name, "int8")) / ONNX_FILE
-            with run.stage(f"read calibration images ({calib})"):
-                calib_inputs, calib_source = cal.calibration_inputs(calib, spec, calib_samples, seed)
-            with run.stage(
-                f"calibrate and quantize int8 ({calib_method})", total=len(calib_inputs)
-            ) as advance:
-                quantization = quantize_int8(
-                    fp32_onnx,
-                    int8_onnx,
-                    calib_inputs,
-                    method=calib_method,
-                    work_dir=writer.staging,
-                    on_batch=advance,
-                )
-            quantization["calibration"]["source"] = calib_source
-            validation = _check_onnx(run, "int8", int8_onnx, None)
-            _check_int8_drop(validation, max_int8_drop if weights_trained else None)
-            plan = None
-            if build_plans:  # TensorRT wants symmetric activations: a second, S8S8 Q/DQ model
-                symmetric = writer.staging / "int8_symmetric_qdq.onnx"
-                with run.stage("calibrate symmetric int8 for TensorRT", total=len(calib_inputs)) as advance:
-                    source_quantization = quantize_int8(
-                        fp32_onnx,
-                        symmetric,
-                        calib_inputs,
-                        method=calib_method,
-                        activations="int8",
-                        work_dir=writer.staging,
-                        on_batch=advance,
-                    )
-                plan = _plan(run, "int8", symmetric, int8_onnx.parent, fp32_onnx, None)
-                plan["source_quantization"] = source_quantization
-            _finish(run, "int8", validation, plan=plan, quantization=quantization)
-
-        with reporter.stage(
-            f"write {len(precisions)} entr{'y' if len(precisions) == 1 else 'ies'} to {repo}"
-        ):
-            version_dirs = writer.commit()
-    for precision, vdir in zip(precisions, version_dirs, strict=True):
-        manifest = Manifest.read(vdir)
-        result.entries.append(
-            WrittenEntry(
-                manifest.model,
-                precision,
-                vdir,
-                vdir / manifest.artifact,
-                manifest,
-                run.seconds.get(precision, 0.0),
-            )
-        )
     return result
 
 
@@ -363,6 +189,217 @@ def _check_int8_drop(validation: dict[str, Any], max_drop: float | None) -> None
     if max_drop is not None and drop > max_drop:
         raise ValidationError(
             f"int8 accuracy {acc:.2%} is {drop:.2f} points below fp32's {ref:.2%} on "
-            f"{validation['eval_data']['source']} (allowed {max_drop:g}); try --calib-method percentile, "
-            "more --calib-samples, or --max-int8-drop"
+            f"{validation['eval_data']['source']} (allowed {max_drop:g}); try the percentile calibration "
+            "method, more calibration samples, or a larger {option}",
+            option="max_int8_drop",
         )
+
+
+# -------------------------------------------------------------------------------------- precisions
+
+
+def _fp16(run: _Run, out: Path) -> _Conversion:
+    with run.stage("convert to ONNX fp16 (fp32 inputs/outputs kept)"):
+        return _Conversion(validation={"conversion": convert_fp16(run.onnx_path("fp32"), out)})
+
+
+def _calibration_inputs(run: _Run) -> np.ndarray:
+    if run.calib_inputs is None:
+        options = run.options
+        with run.stage(f"read calibration images ({options.calib})"):
+            run.calib_inputs, source = cal.calibration_inputs(
+                options.calib, run.loaded.input_spec, options.calib_samples, options.seed
+            )
+        run.calib_source = source
+    return run.calib_inputs
+
+
+def _quantize(run: _Run, out: Path, description: str, activations: str) -> dict[str, Any]:
+    inputs = _calibration_inputs(run)
+    method = run.options.calib_method
+    with run.stage(f"{description} ({method})", total=len(inputs)) as advance:
+        record = quantize_int8(
+            run.onnx_path("fp32"),
+            out,
+            inputs,
+            method=method,
+            activations=activations,
+            work_dir=run.writer.staging,
+            on_batch=advance,
+        )
+    record["calibration"]["source"] = run.calib_source
+    return record
+
+
+def _int8(run: _Run, out: Path) -> _Conversion:
+    return _Conversion(quantization=_quantize(run, out, "calibrate and quantize int8", "uint8"))
+
+
+def _int8_plan_source(run: _Run, onnx: Path) -> tuple[Path, dict[str, Any]]:
+    # TensorRT wants symmetric activations: a second, S8S8 Q/DQ model
+    symmetric = run.writer.staging / "int8_symmetric_qdq.onnx"
+    record = _quantize(run, symmetric, "calibrate symmetric int8 for TensorRT", "int8")
+    return symmetric, {"source_quantization": record}
+
+
+PRECISIONS = {
+    "fp16": _Precision("fp16", FP16_TOLERANCE, _fp16, lambda run, onnx: (onnx, {})),
+    "int8": _Precision("int8", None, _int8, _int8_plan_source),
+}
+
+
+def _plan(run: _Run, precision: _Precision, onnx: Path) -> dict[str, Any]:
+    """Build ``model.plan`` beside ``onnx`` and check it; returns the plan record."""
+    source, extra = precision.plan_source(run, onnx)
+    plan_path = onnx.parent / PLAN_FILE
+    max_batch = run.options.max_batch_size
+    with run.stage(f"build TensorRT {precision.name} plan (batch 1..{max_batch})"):
+        info = build_plan(
+            source,
+            plan_path,
+            precision=precision.name,
+            spec=run.loaded.input_spec,
+            max_batch_size=max_batch,
+            fp32_onnx=run.onnx_path("fp32"),
+        )
+    with run.stage(f"check TensorRT {precision.name} plan against PyTorch"):
+        runner = PlanRunner(plan_path)
+        outs = [runner(x) for x in run.reference.parity_inputs]
+        eval_out = runner.run(run.reference.eval.inputs, min(EVAL_BATCH_SIZE, max_batch))
+        info["validation"] = _check(
+            run, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
+        )
+    return {**info, **extra}
+
+
+def _export_precision(run: _Run, precision: _Precision) -> None:
+    """Convert, check, optionally build a plan, and stage the entry of one reduced precision."""
+    run.current = precision.name
+    onnx = run.onnx_path(precision.name)
+    conversion = precision.convert(run, onnx)
+    validation = {**_check_onnx(run, precision.name, onnx, precision.tolerance), **conversion.validation}
+    if precision.name == "int8":
+        weights_trained = run.loaded.weights.get("source") != "random"
+        _check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
+    plan = _plan(run, precision, onnx) if run.build_plans else None
+    _finish(run, precision.name, validation, plan=plan, quantization=conversion.quantization)
+
+
+def _export_fp32(run: _Run) -> None:
+    run.current = "fp32"
+    options, loaded = run.options, run.loaded
+    spec = loaded.input_spec
+    path = run.onnx_path("fp32")
+    with run.stage(f"export ONNX fp32 (opset {options.opset}, dynamic batch)"):
+        exported = export_onnx(loaded.model, spec, path, opset=options.opset, seed=options.seed)
+    source = _eval_source(options, loaded.weights)
+    with run.stage(f"PyTorch reference on {source}"):
+        xs = parity_inputs(spec.shape, parity_batch_sizes(options.max_batch_size), options.seed)
+        ev = cal.evaluation_inputs(source, spec, loaded.labels, options.eval_samples)
+        run.reference = _Reference(
+            xs,
+            [torch_logits(loaded.model, x, len(x)) for x in xs],
+            ev,
+            torch_logits(loaded.model, ev.inputs, EVAL_BATCH_SIZE),
+        )
+    validation = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
+    validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
+    _finish(run, "fp32", validation)
+
+
+def _finish(
+    run: _Run, precision: str, validation: dict, plan: dict | None = None, quantization: dict | None = None
+) -> None:
+    loaded = run.loaded
+    name = served_name(loaded.name, precision)
+    fmt, fallback, gpu = "onnx", None, None
+    if plan is not None:  # the plan is the artifact; the ONNX model beside it is the fallback
+        validation = {**plan.pop("validation"), "runtime": "tensorrt", "fallback": validation}
+        fmt, fallback, gpu = "tensorrt_plan", "onnx", plan
+    manifest = entry_manifest(
+        name,
+        source_model=loaded.name,
+        precision=precision,
+        version_dir=run.writer.version_dir(name),
+        fmt=fmt,
+        spec=loaded.input_spec,
+        labels=loaded.labels,
+        weights=loaded.weights,
+        versions=tool_versions(),
+        validation=validation,
+        fallback_fmt=fallback,
+        quantization=quantization,
+        gpu=gpu,
+    )
+    config = entry_config(
+        name,
+        source_model=loaded.name,
+        precision=precision,
+        fmt=fmt,
+        spec=loaded.input_spec,
+        num_classes=loaded.num_classes,
+        batching=default_batching(run.options.max_batch_size),
+    )
+    run.writer.finish(name, config, loaded.labels, manifest)
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+
+def _preflight(model: str, options: ExportOptions) -> None:
+    """The checks that need no model: free version folders, readable image folders."""
+    for precision in options.precisions:
+        try:
+            check_version_free(options.repo, served_name(model, precision), options.version, options.force)
+        except repo_writer.VersionExistsError:
+            target = options.repo / served_name(model, precision) / str(options.version)
+            raise VersionExistsError(
+                f"{target} already exists; pass {{option}} to replace it or choose another version",
+                option="force",
+            ) from None
+    if options.int8:
+        cal.check_source(options.calib, "calibration")
+    if options.eval_data != "auto":
+        cal.check_source(options.eval_data, "evaluation")
+
+
+def export_model(model: str, *, reporter: Reporter | None = None, **options: Any) -> ExportResult:
+    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32) and, on request, ``<model>_fp16`` and
+    ``<model>_int8``; returns the entries written. ``options`` are :class:`ExportOptions`' fields.
+    Raises :class:`export.errors.ExportError` (and the registry's ``UnknownModelError`` /
+    ``WeightsError``) with a one-line reason."""
+    try:
+        opts = ExportOptions(**options)
+    except TypeError as e:
+        raise ExportError(f"export_model: {e}") from None
+    reporter = reporter or Reporter()
+    entry = get_model_entry(model)
+    _preflight(entry.name, opts)
+    trt = resolve_mode(opts.tensorrt, opts.fp16 or opts.int8)
+    result = ExportResult(entry.name, opts.repo, opts.version)
+    if trt is not None and not trt.available:
+        result.notes.append(f"TensorRT plans skipped: {trt.reason}; writing the ONNX artifacts only")
+        reporter.note(result.notes[-1])
+
+    with reporter.stage(f"load {entry.name} ({opts.weights} weights)"):
+        loaded = load_model(entry.name, weights=opts.weights, seed=opts.seed)
+    try:
+        with RepositoryWriter(opts.repo, opts.version, opts.force) as writer:
+            run = _Run(opts, loaded, writer, reporter, build_plans=trt is not None and trt.available)
+            _export_fp32(run)
+            for precision in opts.precisions[1:]:
+                _export_precision(run, PRECISIONS[precision])
+            count = len(opts.precisions)
+            with reporter.stage(f"write {count} entr{'y' if count == 1 else 'ies'} to {opts.repo}"):
+                version_dirs = writer.commit()
+    except repo_writer.VersionExistsError as e:  # written by someone else while this export ran
+        raise VersionExistsError(str(e)) from None
+    except RepositoryWriteError as e:
+        raise ExportError(str(e)) from None
+    for precision, vdir in zip(opts.precisions, version_dirs, strict=True):
+        manifest = Manifest.read(vdir)
+        seconds = run.seconds.get(precision, 0.0)
+        result.entries.append(
+            WrittenEntry(manifest.model, precision, vdir, vdir / manifest.artifact, manifest, seconds)
+        )
+    return result

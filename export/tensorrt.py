@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError, TensorRTUnavailableError
-from export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from modelrepo.names import INPUT_NAME, OUTPUT_NAME
 from modelrepo.preprocess import InputSpec
 
 TENSORRT_MODES = ("auto", "on", "off")
@@ -51,15 +51,19 @@ def tensorrt_status() -> TensorRTStatus:
 def resolve_mode(mode: str, wants_plans: bool) -> TensorRTStatus | None:
     """None when no plans are to be built; raises where ``on`` cannot be honoured."""
     if mode not in TENSORRT_MODES:
-        raise ExportError(f"--tensorrt must be one of {', '.join(TENSORRT_MODES)}, got {mode!r}")
+        raise ExportError(
+            f"{{option}} must be one of {', '.join(TENSORRT_MODES)}, got {mode!r}", option="tensorrt"
+        )
     if mode == "off":
         return None
     if mode == "on" and not wants_plans:
-        raise ExportError("--tensorrt on builds FP16/INT8 plans: add --fp16 and/or --int8")
+        raise ExportError(
+            "{option} on builds FP16/INT8 plans: ask for fp16 and/or int8 too", option="tensorrt"
+        )
     status = tensorrt_status()
     if not status.available and mode == "on":
         raise TensorRTUnavailableError(
-            f"--tensorrt on, but TensorRT plans cannot be built here: {status.reason}"
+            f"{{option}} on, but TensorRT plans cannot be built here: {status.reason}", option="tensorrt"
         )
     return status
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from export.errors import ValidationError
-from export.onnx_export import INPUT_NAME
+from modelrepo.names import INPUT_NAME
 
 CPU_PROVIDER = "CPUExecutionProvider"
 

@@ -1,10 +1,10 @@
 """Repository entries for tests and benchmarks.
 
 ``python -m export`` writes the real entries; ``copy_entry`` derives variants of one (another name, other
-batching settings) with its artifact and manifest unchanged. ``add_model`` writes an entry by hand for what
-the export pipeline does not make: a ``torch.export`` program, a backend that fails on demand, or the
-benchmark's random-weight models. Layout: docs/ARCHITECTURE.md, through the shared ``modelrepo`` helpers;
-torch is imported only by the functions that export a network.
+batching settings) with its artifact and manifest unchanged. ``add_model`` writes, through the same
+``modelrepo.entries`` and writer as the export, an entry for what the export pipeline does not make: a
+``torch.export`` program, a backend that fails on demand, or the benchmark's random-weight models. torch is
+imported only by the functions that export a network.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from modelrepo.config import make_config, read_config, write_config
-from modelrepo.layout import versions, write_labels
-from modelrepo.manifest import FORMATS, Manifest, package_versions, sha256_file
+from modelrepo.config import read_config, write_config
+from modelrepo.entries import Batching, entry_config, entry_manifest
+from modelrepo.layout import versions
+from modelrepo.manifest import Manifest, package_versions
+from modelrepo.names import artifact_file
 from modelrepo.preprocess import InputSpec
+from modelrepo.writer import RepositoryWriter
 
 
 def export_torch_program(
@@ -93,46 +96,33 @@ def add_model(
     max_queue_size: int = 0,
     instance_count: int = 1,
 ) -> Path:
-    """Copy ``artifact`` into ``repo/name/version`` with its manifest, config.pbtxt and labels.txt."""
-    platform, file_name = FORMATS[fmt]
-    model_dir = repo / name
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    target = version_dir / file_name
-    shutil.copyfile(artifact, target)
-    num_classes = len(labels)
-    Manifest(
-        model=name,
-        source_model=source_model,
-        precision=precision,
-        artifact=file_name,
-        format=fmt,
-        sha256=sha256_file(target),
-        preprocessing=spec.to_dict(),
-        inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, *spec.shape]}],
-        outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, num_classes]}],
-        labels=list(labels),
-        weights={"source": "random"},
-        versions=package_versions("torch", "onnx", "onnxruntime"),
-    ).write(version_dir)
-    config = make_config(
-        name,
-        platform=platform,
-        max_batch_size=max_batch_size,
-        input_shape=spec.shape,
-        num_classes=num_classes,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_microseconds=max_queue_delay_microseconds,
-        max_queue_size=max_queue_size,
-        instance_count=instance_count,
-        parameters={"precision": precision, "source_model": source_model},
+    """Write ``artifact`` (format ``fmt``) into ``repo`` as version ``version`` of model ``name``, with its
+    manifest, config.pbtxt and labels.txt built as ``python -m export`` builds them. Returns the version
+    folder."""
+    batching = Batching(
+        max_batch_size,
+        tuple(preferred_batch_sizes),
+        max_queue_delay_microseconds,
+        max_queue_size,
+        dynamic=dynamic_batching,
     )
-    if fmt == "torch_export":
-        config.platform, config.backend = "", "pytorch"
-    if not dynamic_batching:
-        config.ClearField("dynamic_batching")
-    write_config(model_dir, config)
-    write_labels(model_dir, list(labels))
+    with RepositoryWriter(repo, version, replace=True) as writer:
+        version_dir = writer.version_dir(name)
+        shutil.copyfile(artifact, version_dir / artifact_file(fmt))
+        common = {"source_model": source_model, "precision": precision, "fmt": fmt, "spec": spec}
+        manifest = entry_manifest(
+            name,
+            **common,
+            version_dir=version_dir,
+            labels=labels,
+            weights={"source": "random"},
+            versions=package_versions("torch", "onnx", "onnxruntime"),
+        )
+        config = entry_config(
+            name, **common, num_classes=len(labels), batching=batching, instance_count=instance_count
+        )
+        writer.finish(name, config, list(labels), manifest)
+        (version_dir,) = writer.commit()
     return version_dir
 
 

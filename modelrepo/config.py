@@ -11,10 +11,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from modelrepo.layout import CONFIG_NAME
+from modelrepo.names import CONFIG_NAME, INPUT_NAME, LABELS_NAME, OUTPUT_NAME
 from protos import model_config_pb2 as mc
-
-DATATYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT8": mc.TYPE_INT8, "STRING": mc.TYPE_STRING}
 
 
 class ConfigError(ValueError):
@@ -48,9 +46,9 @@ def make_config(
     max_batch_size: int,
     input_shape: Sequence[int],
     num_classes: int,
-    input_name: str = "input",
-    output_name: str = "logits",
-    labels_file: str | None = "labels.txt",
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+    labels_file: str | None = LABELS_NAME,
     preferred_batch_sizes: Sequence[int] = (),
     max_queue_delay_microseconds: int = 0,
     max_queue_size: int = 0,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CONFIG_NAME = "config.pbtxt"
-LABELS_NAME = "labels.txt"
+from modelrepo.names import CONFIG_NAME, LABELS_NAME
 
 
 def model_names(repo: str | os.PathLike) -> list[str]:

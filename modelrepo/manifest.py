@@ -15,17 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from modelrepo.names import FORMATS, MANIFEST_NAME, PRECISIONS
 from modelrepo.preprocess import InputSpec
 
-MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
-# artifact format -> Triton platform / default file name in the version folder
-FORMATS = {
-    "onnx": ("onnxruntime_onnx", "model.onnx"),
-    "tensorrt_plan": ("tensorrt_plan", "model.plan"),
-    "torch_export": ("pytorch_torch_export", "model.pt2"),
-}
 
 
 class ManifestError(ValueError):

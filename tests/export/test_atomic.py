@@ -5,10 +5,10 @@ import os
 import pytest
 
 import export.pipeline as pipeline
-import export.writer as writer_module
+import modelrepo.writer as writer_module
 from export import ValidationError, export_model
 from export.validate import Tolerance
-from export.writer import RepositoryWriter
+from modelrepo.writer import RepositoryWriter
 from modelrepo.config import make_config, read_config
 from modelrepo.layout import model_names
 from modelrepo.manifest import Manifest
@@ -82,7 +82,7 @@ def test_force_replaces_a_version_whole_and_keeps_others(tmp_path, monkeypatch):
     with RepositoryWriter(tmp_path, 2) as w:
         _stage(w, "m", "v2")
         w.commit()
-    with RepositoryWriter(tmp_path, 1, force=True) as w:
+    with RepositoryWriter(tmp_path, 1, replace=True) as w:
         _stage(w, "m", "v1-new")
         w.commit()
     assert (tmp_path / "m" / "1" / "model.onnx").read_text() == "v1-new"
@@ -108,7 +108,7 @@ def test_force_replaces_a_version_whole_and_keeps_others(tmp_path, monkeypatch):
         real_rename(src, dst)
 
     monkeypatch.setattr(writer_module.os, "rename", fail_on_swap_in)
-    with pytest.raises(OSError, match="injected"), RepositoryWriter(tmp_path, 1, force=True) as w:
+    with pytest.raises(OSError, match="injected"), RepositoryWriter(tmp_path, 1, replace=True) as w:
         _stage(w, "m", "v1-newest")
         w.commit()
     assert (tmp_path / "m" / "1" / "model.onnx").read_text() == "v1-new"

@@ -75,7 +75,7 @@ def test_existing_version_needs_force(tmp_path, capsys):
     first = (tmp_path / "lenet5" / "1" / "manifest.json").read_text()
     capsys.readouterr()
     assert main(args) == 2
-    assert "lenet5/1 already exists; pass --force" in _error(capsys)
+    assert "lenet5/1 already exists; pass --force to replace it" in _error(capsys)
     assert main([*args, "--version", "2"]) == 0
     assert main([*args, "--force", "--seed", "3"]) == 0
     assert (tmp_path / "lenet5" / "1" / "manifest.json").read_text() != first
@@ -87,7 +87,7 @@ def test_tensorrt_on_where_it_cannot_run(tmp_path, capsys, monkeypatch):
     assert main(["lenet5", "--fp16", "--tensorrt", "on", "--repo", str(tmp_path), "--quiet"]) == 2
     assert "TensorRT is not installed" in _error(capsys)
     assert main(["lenet5", "--tensorrt", "on", "--repo", str(tmp_path), "--quiet"]) == 2
-    assert "add --fp16 and/or --int8" in _error(capsys)
+    assert "ask for fp16 and/or int8 too" in _error(capsys)
     assert list(tmp_path.iterdir()) == []
 
 

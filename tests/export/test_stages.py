@@ -39,7 +39,7 @@ def test_onnx_has_a_dynamic_batch_axis(lenet_onnx):
 
 
 def test_opset_below_the_exporters_minimum(tmp_path):
-    with pytest.raises(ExportError, match="--opset must be >= 18"):
+    with pytest.raises(ExportError, match="opset must be >= 18"):
         export_onnx(get_model("lenet5"), SPEC, tmp_path / "m.onnx", opset=13)
 
 
@@ -97,7 +97,7 @@ def test_int8_is_qdq_with_per_channel_symmetric_weights(lenet_onnx, tmp_path):
     assert {z.dtype for z in zero_points.values()} <= {np.dtype(np.int8), np.dtype(np.int32)}  # int32: bias
     assert not any(z.any() for z in zero_points.values())  # all symmetric, as TensorRT requires
     assert info["activations"] == "int8, symmetric, per-tensor"
-    with pytest.raises(ExportError, match="--calib-method must be one of"):
+    with pytest.raises(ExportError, match="calib_method must be one of"):
         quantize_int8(lenet_onnx, tmp_path / "x.onnx", calib, method="kl", work_dir=tmp_path)
 
 

@@ -14,32 +14,38 @@ import shutil
 import uuid
 from pathlib import Path
 
-from export.errors import ExportError, VersionExistsError
 from modelrepo.config import write_config
-from modelrepo.layout import CONFIG_NAME, LABELS_NAME, write_labels
+from modelrepo.layout import write_labels
 from modelrepo.manifest import Manifest
+from modelrepo.names import CONFIG_NAME, LABELS_NAME
 from protos import model_config_pb2 as mc
 
 STAGING_PREFIX = ".staging-"
 
 
-def check_version_free(repo: Path, served_name: str, version: int, force: bool) -> None:
+class RepositoryWriteError(Exception):
+    """The repository cannot take the entry (not writable, bad version)."""
+
+
+class VersionExistsError(RepositoryWriteError):
+    """The version folder is already in the repository and replacing it was not asked for."""
+
+
+def check_version_free(repo: Path, served_name: str, version: int, replace: bool) -> None:
     target = repo / served_name / str(version)
-    if target.exists() and not force:
-        raise VersionExistsError(
-            f"{target} already exists; pass --force to replace it or --version N for a new one"
-        )
+    if target.exists() and not replace:
+        raise VersionExistsError(f"{target} already exists; replace it, or write another version beside it")
 
 
 class RepositoryWriter:
-    """``with RepositoryWriter(repo, version, force) as w: d = w.stage(name); ...; w.commit()``."""
+    """``with RepositoryWriter(repo, version, replace) as w: d = w.version_dir(name); ...; w.commit()``."""
 
-    def __init__(self, repo: str | os.PathLike, version: int, force: bool = False) -> None:
+    def __init__(self, repo: str | os.PathLike, version: int, replace: bool = False) -> None:
         if version < 1:
-            raise ExportError(f"--version must be a positive integer, got {version}")
+            raise RepositoryWriteError(f"version must be a positive integer, got {version}")
         self.repo = Path(repo)
         self.version = version
-        self.force = force
+        self.replace = replace
         self.staging: Path | None = None
         self._staged: list[str] = []
 
@@ -49,7 +55,7 @@ class RepositoryWriter:
             self.staging = self.repo / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
             self.staging.mkdir()
         except OSError as e:
-            raise ExportError(f"cannot write to repository {self.repo}: {e}") from None
+            raise RepositoryWriteError(f"cannot write to repository {self.repo}: {e}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -63,7 +69,7 @@ class RepositoryWriter:
             raise RuntimeError("RepositoryWriter used outside its with-block")
         path = self.staging / served_name / str(self.version)
         if served_name not in self._staged:
-            check_version_free(self.repo, served_name, self.version, self.force)
+            check_version_free(self.repo, served_name, self.version, self.replace)
             path.mkdir(parents=True)
             self._staged.append(served_name)
         return path
@@ -86,7 +92,7 @@ class RepositoryWriter:
         if not target_model.exists():
             os.rename(staged_model, target_model)
             return target_version
-        check_version_free(self.repo, served_name, self.version, self.force)
+        check_version_free(self.repo, served_name, self.version, self.replace)
         replaced = None
         if target_version.exists():
             replaced = target_model / f".replaced-{self.version}-{uuid.uuid4().hex[:8]}"
