@@ -5,7 +5,7 @@
 It serves one model that advertises an FP32 ``input`` ``[-1, C, H, W]`` and a BYTES ``image`` ``[-1]``
 and answers every ModelInfer with a zero ``logits`` ``[batch, classes]`` in ``raw_output_contents``,
 without looking at the input's values. To be a fair floor for cnnserve it runs on the same framework
-with the same settings (grpc.aio, ``service.grpc_server.server_options``) and counts requests the way
+with the same settings (grpc.aio, ``service.protocol.grpc_server.server_options``) and counts requests the way
 cnnserve does: plain integers turned into metric families only at scrape time, so a request pays no
 metric locks. ``/metrics`` (named like cnnserve's) has ``cnnserve_requests_total`` by outcome,
 ``cnnserve_inference_rows_total`` and ``cnnserve_batch_size`` (each request is its own "batch"); there
@@ -38,8 +38,9 @@ from loadtest.cli import number_list, positive
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-from service.grpc_server import server_options
-from service.stats import BATCH_BUCKETS, OUTCOMES, Histogram
+from service.errors import OUTCOMES
+from service.protocol.grpc_server import server_options
+from service.telemetry.stats import BATCH_BUCKETS, Histogram
 
 UNKNOWN_MODEL = "_unknown"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # cnnserve's default --max-message-bytes

@@ -28,11 +28,12 @@ def versions(model_dir: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def read_labels(model_dir: str | os.PathLike) -> list[str] | None:
-    path = Path(model_dir) / LABELS_NAME
+def read_labels(model_dir: str | os.PathLike, file_name: str = LABELS_NAME) -> list[str] | None:
+    """One label per line (UTF-8); None where the file does not exist."""
+    path = Path(model_dir) / file_name
     if not path.is_file():
         return None
-    return path.read_text().splitlines()
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 def write_labels(model_dir: str | os.PathLike, labels: list[str]) -> Path:

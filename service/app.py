@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from service.core import InferenceCore
-from service.grpc_server import LIVENESS, SERVICE_NAME, build_server
-from service.metrics import ServerMetrics
-from service.model_manager import ModelManager
+from service.dataplane.plane import DataPlane
+from service.protocol.grpc_server import LIVENESS, SERVICE_NAME, build_server
+from service.serving import ModelManager
 from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
 
 log = logging.getLogger("service")
 
@@ -50,11 +51,11 @@ async def serve(settings: Settings) -> int:
     await health.set(LIVENESS, SERVING)
 
     async def on_model_change(name: str, ready: bool) -> None:
-        await health.set(name, SERVING if ready and not core.draining else NOT_SERVING)
+        await health.set(name, SERVING if ready and not plane.draining else NOT_SERVING)
 
     manager = ModelManager(settings, metrics, on_change=on_model_change)
-    core = InferenceCore(manager, metrics)
-    server, port = build_server(core, health, settings.host, settings.grpc_port, settings.max_message_bytes)
+    plane = DataPlane(manager, metrics, decode_threads=os.cpu_count() or 1)
+    server, port = build_server(plane, health, settings.host, settings.grpc_port, settings.max_message_bytes)
     await server.start()
     log.info(
         "gRPC (KServe v2) on %s:%d, repository %s, model control %s",
@@ -68,8 +69,8 @@ async def serve(settings: Settings) -> int:
     stopped = loop.create_task(stop.wait())
     await asyncio.wait((startup, stopped), return_when=asyncio.FIRST_COMPLETED)
     if startup.done() and startup.exception() is None:
-        core.started = True
-        if core.ready:
+        plane.started = True
+        if plane.ready:
             for service in ("", SERVICE_NAME):
                 await health.set(service, SERVING)
             log.info("ready: %d model version(s) loaded", len(manager.loaded()))
@@ -86,10 +87,10 @@ async def serve(settings: Settings) -> int:
     # ---- drain
     started = time.monotonic()
     log.info("shutting down: draining for up to %.1fs", settings.grace_period)
-    core.draining = True
+    plane.draining = True
     for service in ("", SERVICE_NAME, *(v.name for v in manager.loaded())):
         await health.set(service, NOT_SERVING)
-    if not await core.wait_idle(settings.grace_period):
+    if not await plane.wait_idle(settings.grace_period):
         log.warning("grace period over with requests still in flight; they are cancelled")
 
     def remaining() -> float:
@@ -97,7 +98,7 @@ async def serve(settings: Settings) -> int:
 
     await server.stop(grace=remaining())
     await manager.close(timeout=remaining())
-    core.close()
+    plane.close()
     metrics_server.shutdown()
     log.info("stopped after %.2fs of draining", time.monotonic() - started)
     return 0

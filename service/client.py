@@ -22,12 +22,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelrepo.names import IMAGE_INPUT, INPUT_NAME, OUTPUT_NAME
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from service.codec import add_input, output_array
+from protos.wire import MAX_MESSAGE_BYTES, add_input, output_array
 
 DEFAULT_URL = "127.0.0.1:8001"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class InferenceServerError(RuntimeError):
@@ -136,11 +136,11 @@ class InferenceClient:
         *,
         version: str = "",
         timeout: float | None = None,
-        output: str = "logits",
+        output: str = OUTPUT_NAME,
     ) -> np.ndarray:
         """Logits for an FP32 [N, C, H, W] batch (already normalized)."""
         request = pb.ModelInferRequest(model_name=model, model_version=version)
-        add_input(request, "input", np.asarray(batch, dtype=np.float32))
+        add_input(request, INPUT_NAME, np.asarray(batch, dtype=np.float32))
         return output_array(self.infer_request(request, timeout), output)
 
     def _batch_limit(self, model: str, version: str) -> int:
@@ -157,7 +157,7 @@ class InferenceClient:
         top_k: int = 1,
         version: str = "",
         timeout: float | None = None,
-        output: str = "logits",
+        output: str = OUTPUT_NAME,
     ) -> list[list[Classification]]:
         """Top-k classes for each encoded image (bytes or a file path), best first. The server decodes and
         preprocesses the images exactly as the model was trained; batches respect max_batch_size."""
@@ -166,7 +166,7 @@ class InferenceClient:
         results: list[list[Classification]] = []
         for start in range(0, len(blobs), limit):
             request = pb.ModelInferRequest(model_name=model, model_version=version)
-            add_input(request, "image", blobs[start : start + limit])
+            add_input(request, IMAGE_INPUT, blobs[start : start + limit])
             request.outputs.add(name=output).parameters["classification"].int64_param = top_k
             table = output_array(self.infer_request(request, timeout), output)
             results += [[parse_classification(e) for e in row] for row in table.reshape(len(table), -1)]

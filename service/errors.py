@@ -1,49 +1,75 @@
-"""The server's error tree, and the one place it maps to gRPC status codes and metric outcomes."""
+"""The server's error tree and the one table that maps it to each protocol's status and to metric outcomes.
+
+An error carries a status named as gRPC names it (``INVALID_ARGUMENT``); the gRPC front end uses that
+code, the HTTP front end the matching HTTP status from :data:`HTTP_STATUS`, and metrics count the
+lower-cased name as the request's ``outcome``. Nothing here imports a transport.
+"""
 
 from __future__ import annotations
 
-import grpc
+# gRPC status name -> HTTP status (KServe v2 REST / Triton's HTTP front end)
+HTTP_STATUS = {
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 
 
 class ServeError(Exception):
     """Base of every error the server reports to a client."""
 
-    code = grpc.StatusCode.INTERNAL
-    outcome = "internal"  # the `outcome` label of cnnserve_requests_total
+    status = "INTERNAL"
 
     @property
     def message(self) -> str:
         return str(self)
 
+    @property
+    def outcome(self) -> str:
+        """The ``outcome`` label of cnnserve_requests_total."""
+        return self.status.lower()
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.status]
+
 
 class ModelNotFound(ServeError):
-    code = grpc.StatusCode.NOT_FOUND
-    outcome = "not_found"
+    status = "NOT_FOUND"
 
 
 class InvalidInput(ServeError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    outcome = "invalid_argument"
+    status = "INVALID_ARGUMENT"
 
 
 class Overloaded(ServeError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    outcome = "resource_exhausted"
+    status = "RESOURCE_EXHAUSTED"
 
 
 class DeadlineExceeded(ServeError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    outcome = "deadline_exceeded"
+    status = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(ServeError):
-    code = grpc.StatusCode.UNAVAILABLE
-    outcome = "unavailable"
+    status = "UNAVAILABLE"
 
 
 class Cancelled(ServeError):
-    code = grpc.StatusCode.CANCELLED
-    outcome = "cancelled"
+    """The client went away (cancelled, disconnected) before its answer was ready."""
+
+    status = "CANCELLED"
 
 
 class BackendError(ServeError):
@@ -57,8 +83,36 @@ class ModelLoadError(ServeError):
 class NotAllowed(ServeError):
     """The operation is not possible in the server's current mode (e.g. load/unload outside explicit)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    outcome = "invalid_argument"
+    status = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(ServeError):
+    """A restricted operation was called without the header key/value that allows it."""
+
+    status = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ServeError):
+    """A restricted operation was called without the header that identifies the caller."""
+
+    status = "UNAUTHENTICATED"
+
+
+# The outcomes a ModelInfer can have (cnnserve_requests_total{outcome}); every one is exported from the start.
+INFER_OUTCOMES = tuple(
+    cls.status.lower()
+    for cls in (
+        ServeError,
+        InvalidInput,
+        ModelNotFound,
+        Overloaded,
+        DeadlineExceeded,
+        Unavailable,
+        Cancelled,
+    )
+)
+SUCCESS = "success"
+OUTCOMES = (SUCCESS, *INFER_OUTCOMES)
 
 
 def to_serve_error(exc: BaseException) -> ServeError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,15 @@ from service.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ArtifactChoice", "Backend", "choose_artifact", "create_backend", "instance_devices"]
+__all__ = [
+    "BACKENDS",
+    "ArtifactChoice",
+    "Backend",
+    "choose_artifact",
+    "configured_threads",
+    "create_backend",
+    "instance_devices",
+]
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,8 @@ def _onnx_device(setting: str, what: str) -> str:
         return "cuda"
     if setting == "cuda":
         raise ModelLoadError(
-            f"{what}: --device cuda, but onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+            f"{what}: the server's device is cuda, but onnxruntime has no CUDA provider "
+            "(install onnxruntime-gpu)"
         )
     return "cpu"
 
@@ -60,12 +70,12 @@ def choose_artifact(manifest: Manifest, version_dir: Path, device_setting: str) 
         from service.backends.torch_backend import cuda_available
 
         if device_setting == "cuda" and not cuda_available():
-            raise ModelLoadError(f"{what}: --device cuda, but torch sees no CUDA GPU")
+            raise ModelLoadError(f"{what}: the server's device is cuda, but torch sees no CUDA GPU")
         device = "cuda" if device_setting != "cpu" and cuda_available() else "cpu"
         return ArtifactChoice(primary, "torch_export", manifest.sha256, manifest.precision, device)
     if manifest.format == "tensorrt_plan":
         if device_setting == "cpu":
-            reason = "the server runs with --device cpu"
+            reason = "the server's device is cpu"
         else:
             from service.backends.tensorrt_backend import unusable_reason
 
@@ -150,37 +160,55 @@ def _gpu_accelerator(config: mc.ModelConfig) -> tuple[str | None, bool]:
     return None, False
 
 
+def _onnxruntime(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+    from service.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    accelerator, fp16 = _gpu_accelerator(config)
+    return OnnxRuntimeBackend(
+        choice.path,
+        input_name=config.input[0].name,
+        output_name=config.output[0].name,
+        device=device,
+        threads=threads,
+        spinning=_bool_parameter(config, "allow_spinning", default=True),
+        accelerator=accelerator,
+        fp16=fp16 or choice.precision == "fp16",
+        cache_key=f"{config.name}-{choice.sha256[:16]}",
+    )
+
+
+def _tensorrt(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+    from service.backends.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(
+        choice.path, input_name=config.input[0].name, output_name=config.output[0].name, device=device
+    )
+
+
+def _torch(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+    from service.backends.torch_backend import TorchBackend
+
+    return TorchBackend(choice.path, device=device)
+
+
+# artifact format -> the backend that runs it (each imports its library only when called)
+BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, int], Backend]] = {
+    "onnx": _onnxruntime,
+    "tensorrt_plan": _tensorrt,
+    "torch_export": _torch,
+}
+
+
 def create_backend(
     choice: ArtifactChoice, config: mc.ModelConfig, device: str, cpu_instances: int, threads: int = 0
 ) -> Backend:
-    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>"). onnxruntime's intra-op threads:
-    ``threads``, else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances;
-    they spin between ops unless the config's ``allow_spinning`` parameter is "0"."""
-    input_name, output_name = config.input[0].name, config.output[0].name
-    if choice.format == "onnx":
-        from service.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        threads = threads or _int_parameter(config, "intra_op_thread_count")
-        if not threads and device == "cpu":
-            threads = max(1, (os.cpu_count() or 1) // max(1, cpu_instances))
-        accelerator, fp16 = _gpu_accelerator(config)
-        return OnnxRuntimeBackend(
-            choice.path,
-            input_name=input_name,
-            output_name=output_name,
-            device=device,
-            threads=threads,
-            spinning=_bool_parameter(config, "allow_spinning", default=True),
-            accelerator=accelerator,
-            fp16=fp16 or choice.precision == "fp16",
-            cache_key=f"{config.name}-{choice.sha256[:16]}",
-        )
-    if choice.format == "tensorrt_plan":
-        from service.backends.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(choice.path, input_name=input_name, output_name=output_name, device=device)
-    if choice.format == "torch_export":
-        from service.backends.torch_backend import TorchBackend
-
-        return TorchBackend(choice.path, device=device)
-    raise ModelLoadError(f"unsupported artifact format {choice.format!r}")
+    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>"). CPU intra-op threads: ``threads``,
+    else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances; onnxruntime's
+    spin between ops unless the config's ``allow_spinning`` parameter is "0"."""
+    factory = BACKENDS.get(choice.format)
+    if factory is None:
+        raise ModelLoadError(f"unsupported artifact format {choice.format!r}")
+    threads = threads or configured_threads(config)
+    if not threads and device == "cpu":
+        threads = max(1, (os.cpu_count() or 1) // max(1, cpu_instances))
+    return factory(choice, config, device, threads)

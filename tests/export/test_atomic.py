@@ -8,10 +8,10 @@ import export.pipeline as pipeline
 import modelrepo.writer as writer_module
 from export import ValidationError, export_model
 from export.validate import Tolerance
-from modelrepo.writer import RepositoryWriter
 from modelrepo.config import make_config, read_config
 from modelrepo.layout import model_names
 from modelrepo.manifest import Manifest
+from modelrepo.writer import RepositoryWriter
 
 
 def _listing(root):

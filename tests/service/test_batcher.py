@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import BatchPolicy, DynamicBatcher, concat_rows, plan_batch, split_rows
+from service.batching import BatchPolicy, DynamicBatcher
+from service.batching.policy import concat_rows, plan_batch, split_rows
 from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 
 # ----------------------------------------------------------------------------------- plan_batch (pure)
@@ -283,7 +284,7 @@ def test_a_crash_of_the_scheduler_fails_every_pending_request(monkeypatch):
         def broken(*args, **kwargs):
             raise RuntimeError("scheduler bug")
 
-        monkeypatch.setattr("service.batcher.plan_batch", broken)
+        monkeypatch.setattr("service.batching.batcher.plan_batch", broken)
         results = await asyncio.gather(*pending, return_exceptions=True)
         with pytest.raises(Unavailable, match="stopped serving after an internal error: scheduler bug"):
             await batcher.submit(rows(1))

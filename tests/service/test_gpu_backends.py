@@ -16,9 +16,9 @@ import pytest
 from harness.repository import add_model, copy_entry
 from modelrepo.manifest import Artifact, Manifest, sha256_file
 from models.lenet import DIGIT_LABELS, DIGITS_INPUT
-from service.metrics import ServerMetrics
-from service.model_manager import ModelManager
+from service.serving import ModelManager
 from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
 
 
 def cuda_available() -> bool:

@@ -13,12 +13,12 @@ import pytest
 
 from modelrepo.config import read_config, write_config
 from modelrepo.manifest import Artifact, Manifest, sha256_file
+from modelrepo.reader import select_versions
 from protos import model_config_pb2 as mc
 from service.errors import ModelLoadError, ModelNotFound
-from service.metrics import ServerMetrics
-from service.model_manager import ModelManager
-from service.repository import select_versions
+from service.serving import ModelManager
 from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
 
 
 def manager(repo, **settings) -> ModelManager:
@@ -190,7 +190,7 @@ def test_device_cuda_without_cuda_is_refused(repo):
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
-    assert "--device cuda, but onnxruntime has no CUDA provider" in load_error(repo, "lenet5", device="cuda")
+    assert "device is cuda, but onnxruntime has no CUDA provider" in load_error(repo, "lenet5", device="cuda")
 
 
 def test_instance_group_count_gives_parallel_instances(repo):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
-from service.codec import add_input
+from protos.wire import add_input
 
 
 def stats(client, model):

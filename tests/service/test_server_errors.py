@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from protos import grpc_service_pb2 as pb
-from service.codec import add_input, output_array, serialize_bytes
+from protos.wire import add_input, output_array, serialize_bytes
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
@@ -135,7 +135,7 @@ def test_timeout_parameter_must_be_an_integer(stub):
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(r, timeout=30)
     assert info.value.code() == INVALID
-    assert "request parameter 'timeout' must be an integer number of microseconds" in info.value.details()
+    assert "parameter 'timeout' must be an integer number of microseconds" in info.value.details()
 
 
 def test_backend_failure_fails_only_that_batch_and_the_server_keeps_serving(stub, client):

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.server import ROOT
 from protos import grpc_service_pb2 as pb
+from protos.wire import add_input
 from service.client import InferenceServerError
-from service.codec import add_input
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

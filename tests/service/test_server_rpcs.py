@@ -12,7 +12,7 @@ from modelrepo.preprocess import preprocess_bytes
 from models.lenet import DIGITS_INPUT
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
-from service.codec import add_input, output_array, serialize_bytes
+from protos.wire import add_input, output_array, serialize_bytes
 
 
 def direct(model_repo, name: str, x: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""Triton-style dynamic batching: pure batch planning, and one asyncio task per model instance.
+"""Triton-style dynamic batching: one bounded queue per model version, one asyncio task per instance.
 
-A model version has one bounded queue shared by its instances. Each instance's task takes the next batch
+The one way in is :meth:`DynamicBatcher.submit`. A model version has one bounded queue shared by its
+instances. Each instance's task takes the next batch
 when it is free, so requests that arrive while every instance computes are batched together even with
 ``max_queue_delay`` 0. Inference runs in a thread per instance (onnxruntime, TensorRT and torch release
 the GIL), so the event loop keeps accepting requests while a batch computes.
@@ -13,98 +14,18 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from service.batching.policy import BatchPolicy, concat_rows, plan_batch, split_rows
 from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 
-# Triton's max_queue_size 0 means unbounded; we never run an unbounded queue, so 0 means this many requests.
-DEFAULT_MAX_QUEUE_SIZE = 4096
-
 InferFn = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """The scheduling part of a model's config.pbtxt."""
-
-    max_batch_size: int
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay: float = 0.0  # seconds (config: max_queue_delay_microseconds)
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests
-    dynamic: bool = True  # False (no dynamic_batching in the config): each request is its own batch
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        bad = [p for p in self.preferred_batch_sizes if not 1 <= p <= self.max_batch_size]
-        if bad:
-            raise ValueError(
-                f"preferred_batch_size {bad} must lie in 1..max_batch_size ({self.max_batch_size})"
-            )
-        if self.max_queue_delay < 0:
-            raise ValueError(f"max_queue_delay must be >= 0, got {self.max_queue_delay}")
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-
-
-def plan_batch(rows: Iterable[int], policy: BatchPolicy, delay_expired: bool) -> int:
-    """How many requests from the head of the queue to run now (0: wait for more).
-
-    ``rows`` are the row counts of the queued requests, oldest first. A request is never split and never
-    overtaken. Triton's rules: the largest preferred batch size that can be formed goes at once; otherwise
-    a batch goes when it is full (``max_batch_size`` rows, or the next request would not fit), when the
-    oldest request has waited ``max_queue_delay`` (``delay_expired``), or at once when the delay is 0.
-    """
-    if not policy.dynamic:
-        return 1 if any(True for _ in rows) else 0
-    preferred = policy.preferred_batch_sizes
-    limit = max(preferred) if preferred else policy.max_batch_size
-    taken = total = best_preferred = 0
-    full = False
-    for r in rows:
-        if total + r > policy.max_batch_size:
-            full = True  # the next request cannot join: this batch cannot grow
-            break
-        total += r
-        taken += 1
-        if total in preferred:
-            best_preferred = taken
-        if total >= limit:
-            full = True
-            break
-    if taken == 0:
-        return 0
-    if best_preferred:
-        return best_preferred
-    if full or delay_expired or policy.max_queue_delay == 0:
-        return taken
-    return 0
-
-
-def concat_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """One batch from the requests' arrays (no copy for a single request)."""
-    if len(arrays) == 1:
-        return arrays[0]
-    return np.concatenate(arrays, axis=0)
-
-
-def split_rows(output: np.ndarray, rows: Sequence[int]) -> list[np.ndarray]:
-    """The batch output cut back into one array per request; the row count must match the input's."""
-    total = sum(rows)
-    if output.ndim == 0 or output.shape[0] != total:
-        got = output.shape[0] if output.ndim else "a scalar"
-        raise ValueError(f"backend returned {got} rows for a batch of {total} input rows")
-    if len(rows) == 1:
-        return [output]
-    bounds = np.cumsum(rows)[:-1]
-    return np.split(output, bounds, axis=0)
 
 
 class PendingRequest:
@@ -234,37 +155,21 @@ class DynamicBatcher:
             raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
         return now
 
-    def run_now(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray | None:
-        """The output rows for ``data`` computed right away, or None when the request must queue
-        (:meth:`enqueue`).
+    async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """The backend's N output rows for ``data`` (N rows), computed in a batch the policy allows.
 
         An inline instance (see ``inline``) that is idle with nothing queued, under a policy that would not
         wait for company (delay 0, or no dynamic batching), is exactly where Triton's scheduler runs the
-        request alone at once. Doing so synchronously spares the per-request cost of a future and two task
-        switches, which for a microsecond model is most of the work. Raises like :meth:`submit`.
+        request alone at once. Such a request is computed right here, without suspending: no future and
+        no task switch, which for a microsecond model is most of the work.
         """
-        if not self._direct or self._queue:
-            return None
-        if self._closing or self._loop is None or self._failure is not None:
-            return None  # enqueue() raises the right error
-        now = self._admit(data, deadline)
-        return self._run_now(PendingRequest(data, None, now, deadline))
-
-    async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """The backend's N output rows for ``data`` (N rows): run at once where :meth:`run_now` can,
-        otherwise queued for a batch."""
-        done = self.run_now(data, deadline)
-        if done is not None:
-            return done
-        return await self.enqueue(data, deadline)
-
-    async def enqueue(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Queue ``data`` for the next batch (for a caller that has tried :meth:`run_now` already)."""
         if self._closing or self._loop is None:
             raise Unavailable(f"model {self.name} is not accepting requests (unloading)")
         if self._failure is not None:
             raise Unavailable(f"model {self.name} stopped serving after an internal error: {self._failure}")
         now = self._admit(data, deadline)
+        if self._direct and not self._queue:
+            return self._run_now(PendingRequest(data, None, now, deadline))
         if len(self._queue) >= self.policy.max_queue_size:
             waiting = self.policy.max_queue_size
             raise Overloaded(f"model {self.name} queue is full ({waiting} requests waiting); retry later")

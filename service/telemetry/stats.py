@@ -1,7 +1,7 @@
 """Per-version telemetry as plain counters: Triton's ModelStatistics and the Prometheus series' values.
 
 Everything here is updated on the event loop thread only, without locks (a request touches a handful of
-integers); :mod:`service.metrics` reads it at scrape time. A scrape may see a histogram's ``sum`` one
+integers); :mod:`service.telemetry.prometheus` reads it at scrape time. A scrape may see a histogram's ``sum`` one
 observation ahead of or behind its buckets, never inconsistent buckets and count.
 """
 
@@ -11,8 +11,8 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
-from protos import grpc_service_pb2 as pb
-from service.batcher import BatchTiming, PendingRequest
+from service.batching import BatchTiming, PendingRequest
+from service.errors import OUTCOMES, SUCCESS
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -33,16 +33,6 @@ LATENCY_BUCKETS = (
     10.0,
 )
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
-OUTCOMES = (
-    "success",
-    "invalid_argument",
-    "not_found",
-    "resource_exhausted",
-    "deadline_exceeded",
-    "internal",
-    "unavailable",
-    "cancelled",
-)
 
 
 class Histogram:
@@ -119,35 +109,17 @@ class ModelStats:
         self.execution_count += 1
         self.last_inference_ms = int(time.time() * 1000)  # a timestamp, not an interval
 
-    def to_proto(self, name: str, version: str) -> pb.ModelStatistics:
-        out = pb.ModelStatistics(
-            name=name,
-            version=version,
-            last_inference=self.last_inference_ms,
-            inference_count=self.inference_count,
-            execution_count=self.execution_count,
-        )
-        for key in self.KEYS:
-            duration = getattr(out.inference_stats, key)
-            duration.count, duration.ns = self.counts[key], self.ns[key]
-        for rows in sorted(self.batches):
-            count, input_ns, infer_ns, output_ns = self.batches[rows]
-            entry = out.batch_stats.add(batch_size=rows)
-            for key, ns in (
-                ("compute_input", input_ns),
-                ("compute_infer", infer_ns),
-                ("compute_output", output_ns),
-            ):
-                getattr(entry, key).count = count
-                getattr(entry, key).ns = ns
-        return out
+
+def _zero() -> int:
+    return 0
 
 
 class VersionTelemetry:
     """Everything measured about one model version (labels: model, version, backend, precision).
 
-    It is the batcher's observer and takes the request outcomes. The serving version that owns it sets
-    ``ready``, ``load_seconds`` and the two gauges read at scrape time (queue depth, requests in flight).
+    It is the batcher's observer and takes the request outcomes. The serving version that owns it
+    (:meth:`attach`) gives the two gauges read at scrape time (queue depth, requests in flight); a reload of
+    the same version takes it over, and :meth:`detach` drops every reference to the old owner.
     """
 
     def __init__(self, model: str, version: str, backend: str, precision: str) -> None:
@@ -162,8 +134,19 @@ class VersionTelemetry:
         self.ready = False
         self.load_seconds = 0.0
         self.owner: object | None = None
-        self.queue_depth: Callable[[], int] = lambda: 0
-        self.inflight: Callable[[], int] = lambda: 0
+        self.queue_depth: Callable[[], int] = _zero
+        self.inflight: Callable[[], int] = _zero
+
+    def attach(
+        self, owner: object, load_seconds: float, queue_depth: Callable[[], int], inflight: Callable[[], int]
+    ) -> None:
+        self.owner, self.ready, self.load_seconds = owner, True, load_seconds
+        self.queue_depth, self.inflight = queue_depth, inflight
+
+    def detach(self, owner: object) -> None:
+        if self.owner is owner:
+            self.owner, self.ready = None, False
+            self.queue_depth = self.inflight = _zero
 
     # batcher observer
     def batch_done(self, requests: Sequence[PendingRequest], timing: BatchTiming) -> None:
@@ -184,7 +167,7 @@ class VersionTelemetry:
     # requests
     def request_done(self, outcome: str, seconds: float) -> None:
         self.outcomes[outcome] += 1
-        if outcome == "success":
+        if outcome == SUCCESS:
             self.request.observe(seconds)
             self.stats.request_done(True, seconds)
         else:

@@ -1,9 +1,9 @@
 """Prometheus exposition with the names of docs/ARCHITECTURE.md, on the server's own registry.
 
-The values live in :class:`service.stats.VersionTelemetry` objects (plain counters updated on the event
-loop); a custom collector turns them into metric families at scrape time, so a request costs no metric
-locks. Latencies are histograms (aggregatable across replicas), in seconds. GPU gauges come from NVML,
-read at scrape time, and exist only where NVML finds a GPU.
+The values live in :class:`service.telemetry.stats.VersionTelemetry` objects (plain counters updated on
+the event loop); a custom collector turns them into metric families at scrape time, so a request costs
+no metric locks. Latencies are histograms (aggregatable across replicas), in seconds. GPU gauges come
+from NVML, read at scrape time, and exist only where NVML finds a GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from service.stats import OUTCOMES, VersionTelemetry
+from service.errors import OUTCOMES
+from service.telemetry.stats import VersionTelemetry
 
 log = logging.getLogger(__name__)
 

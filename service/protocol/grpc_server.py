@@ -1,4 +1,7 @@
-"""The thin gRPC layer: KServe v2 servicer over :class:`InferenceCore`, health, reflection, server options."""
+"""The gRPC front end: KServe v2 servicer over the data plane, health, reflection, server options.
+
+Every RPC goes through :func:`_rpc`, the one place where errors become gRPC status codes.
+"""
 
 from __future__ import annotations
 
@@ -14,95 +17,90 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from service.core import InferenceCore
+from service.dataplane.plane import DataPlane
 from service.errors import ServeError, to_serve_error
+from service.protocol import grpc_codec as codec
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name[
-    "GRPCInferenceService"
-].full_name  # inference.GRPCInferenceService
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 LIVENESS = "liveness"  # health service name that stays SERVING while draining
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream answered concurrently
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message of any exception (unexpected ones are logged: they are bugs)."""
     serve_error = to_serve_error(error)
     if not isinstance(error, ServeError):
         log.error("unexpected error in RPC", exc_info=error)
-    await context.abort(serve_error.code, serve_error.message)
+    return grpc.StatusCode[serve_error.status], serve_error.message
 
 
-def _unary(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
             return await method(self, request, context)
         except Exception as e:
-            await _abort(context, e)
+            code, message = status_of(e)
+            await context.abort(code, message)
 
     return wrapper
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """inference.GRPCInferenceService: every RPC delegates to the core."""
+    """inference.GRPCInferenceService: each RPC translates its messages and calls the data plane."""
 
-    def __init__(self, core: InferenceCore) -> None:
-        self.core = core
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
-    @_unary
+    @_rpc
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=self.core.live)
+        return pb.ServerLiveResponse(live=self.plane.live)
 
-    @_unary
+    @_rpc
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.core.ready)
+        return pb.ServerReadyResponse(ready=self.plane.ready)
 
-    @_unary
+    @_rpc
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
-    @_unary
+    @_rpc
     async def ServerMetadata(self, request, context):
-        return self.core.server_metadata()
+        return codec.server_metadata(self.plane.server_metadata())
 
-    @_unary
+    @_rpc
     async def ModelMetadata(self, request, context):
-        return self.core.model_metadata(request.name, request.version)
+        return codec.model_metadata(self.plane.model_metadata(request.name, request.version))
 
-    @_unary
+    @_rpc
     async def ModelConfig(self, request, context):
-        return self.core.model_config(request.name, request.version)
+        return codec.model_config(self.plane.model_config(request.name, request.version))
 
-    @_unary
+    @_rpc
     async def ModelStatistics(self, request, context):
-        return self.core.model_statistics(request.name, request.version)
+        return codec.model_statistics(self.plane.model_statistics(request.name, request.version))
 
-    @_unary
+    @_rpc
     async def RepositoryIndex(self, request, context):
-        response = pb.RepositoryIndexResponse()
-        for entry in self.core.repository_index(request.ready):
-            response.models.add(
-                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
-            )
-        return response
+        return codec.repository_index(self.plane.repository_index(request.ready))
 
-    @_unary
+    @_rpc
     async def RepositoryModelLoad(self, request, context):
-        await self.core.load_model(request.model_name, list(request.parameters))
+        await self.plane.load_model(request.model_name, list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
-    @_unary
+    @_rpc
     async def RepositoryModelUnload(self, request, context):
-        await self.core.unload_model(request.model_name, list(request.parameters))
+        await self.plane.unload_model(request.model_name, list(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
+    @_rpc
     async def ModelInfer(self, request, context):
-        try:
-            return await self.core.infer(request, context.time_remaining())
-        except Exception as e:
-            await _abort(context, e)
+        plain = codec.infer_request(request, context.time_remaining())
+        return codec.infer_response(await self.plane.infer(plain))
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they batch); errors travel as error_message."""
@@ -112,14 +110,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                result = await self.core.infer(request, context.time_remaining())
+                plain = codec.infer_request(request, context.time_remaining())
+                result = codec.infer_response(await self.plane.infer(plain))
                 message = pb.ModelStreamInferResponse(infer_response=result)
             except Exception as e:
-                error = to_serve_error(e)
-                if not isinstance(e, ServeError):
-                    log.error("unexpected error in ModelStreamInfer", exc_info=e)
+                _, text = status_of(e)
                 message = pb.ModelStreamInferResponse(
-                    error_message=error.message,
+                    error_message=text,
                     infer_response=pb.ModelInferResponse(
                         model_name=request.model_name, model_version=request.model_version, id=request.id
                     ),
@@ -158,11 +155,11 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def build_server(
-    core: InferenceCore, health: health_aio.HealthServicer, host: str, port: int, max_message_bytes: int
+    plane: DataPlane, health: health_aio.HealthServicer, host: str, port: int, max_message_bytes: int
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with the inference, health and reflection services; returns it and its bound port."""
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,184 @@
+"""A request checked against the model it is for: which input, how many rows, top-k, deadline.
+
+Only cheap checks run here (names, datatypes, shapes, byte counts, parameters); nothing is copied or
+decoded. Every failure is an :class:`InvalidInput` naming the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelrepo.names import IMAGE_INPUT
+from modelrepo.reader import ModelIO
+from protos.wire import BYTES, NUMPY_DTYPES, WireFormatError, bytes_offsets
+from service.dataplane.types import InferRequest, InputTensor, Parameters
+from service.errors import InvalidInput
+
+CLASSIFICATION = "classification"  # requested-output parameter: top-k as "score:index:label"
+TIMEOUT_PARAMETER = "timeout"  # request parameter, microseconds (Triton's)
+FP32 = NUMPY_DTYPES["FP32"]
+
+TENSOR, IMAGES = "tensor", "images"
+
+
+@dataclass
+class ModelInput:
+    """The request's one input, checked: ``data`` is an FP32 [N, C, H, W] array (``tensor``) or N encoded
+    images (``images``), not yet decoded."""
+
+    kind: str
+    rows: int
+    data: np.ndarray | list[bytes]
+
+
+def expected_inputs(io: ModelIO) -> str:
+    c, h, w = io.input_shape
+    return (
+        f"exactly one of {io.input_name!r} (FP32 [N, {c}, {h}, {w}]) or {IMAGE_INPUT!r} "
+        "(BYTES [N], one encoded JPEG/PNG per row)"
+    )
+
+
+def _check_rows(what: str, rows: int, io: ModelIO) -> None:
+    if rows < 1:
+        raise InvalidInput(f"{what}: batch dimension must be >= 1, got {rows}")
+    if rows > io.max_batch_size:
+        raise InvalidInput(
+            f"{what}: batch of {rows} rows exceeds the model's max_batch_size {io.max_batch_size}"
+        )
+
+
+def _payload(tensor: InputTensor, what: str):
+    if tensor.raw is not None and tensor.values is not None:
+        raise InvalidInput(f"{what}: carries both raw contents and typed contents; send one of them")
+    return tensor.raw
+
+
+def _fp32_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
+    what = f"input {io.input_name!r}"
+    shape = tensor.shape
+    if tensor.datatype != "FP32":
+        raise InvalidInput(f"{what}: datatype must be FP32, got {tensor.datatype!r}")
+    if len(shape) != 4 or tuple(shape[1:]) != io.input_shape:
+        c, h, w = io.input_shape
+        raise InvalidInput(f"{what}: shape must be [N, {c}, {h}, {w}], got {list(shape)}")
+    rows = shape[0]
+    _check_rows(what, rows, io)
+    raw = _payload(tensor, what)
+    if raw is not None:
+        expected = rows * io.row_bytes
+        if len(raw) != expected:
+            raise InvalidInput(
+                f"{what}: raw contents hold {len(raw)} bytes, expected {expected} "
+                f"({rows * io.row_bytes // 4} FP32 elements of shape {list(shape)})"
+            )
+        return ModelInput(TENSOR, rows, np.frombuffer(raw, dtype=FP32).reshape(shape))  # zero-copy, read-only
+    values = tensor.values
+    count = rows * io.row_bytes // 4
+    if values is None or len(values) != count:
+        got = 0 if values is None else len(values)
+        raise InvalidInput(f"{what}: holds {got} elements, expected {count} for shape {list(shape)}")
+    try:
+        array = np.asarray(values, dtype=FP32)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{what}: elements must be numbers: {e}") from None
+    return ModelInput(TENSOR, rows, array.reshape(shape))
+
+
+def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
+    what = f"input {IMAGE_INPUT!r}"
+    shape = tensor.shape
+    if tensor.datatype != BYTES:
+        raise InvalidInput(f"{what}: datatype must be BYTES (encoded JPEG/PNG), got {tensor.datatype!r}")
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInput(
+            f"{what}: shape must be [N] or [N, 1] (one encoded image per row), got {list(shape)}"
+        )
+    rows = shape[0]
+    _check_rows(what, rows, io)
+    raw = _payload(tensor, what)
+    if raw is not None:
+        try:
+            spans = bytes_offsets(raw, limit=rows)
+        except WireFormatError as e:
+            raise InvalidInput(f"{what}: {e}, expected {rows} for shape {list(shape)}") from None
+        view = memoryview(raw)
+        items = [bytes(view[start:stop]) for start, stop in spans]
+    else:
+        items = list(tensor.values or ())
+        if not all(isinstance(x, bytes) for x in items):
+            raise InvalidInput(f"{what}: elements must be bytes (encoded images)")
+    if len(items) != rows:
+        raise InvalidInput(
+            f"{what}: holds {len(items)} BYTES elements, expected {rows} for shape {list(shape)}"
+        )
+    return ModelInput(IMAGES, rows, items)
+
+
+def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
+    """The request's one input, checked against ``io``."""
+    inputs = request.inputs
+    if len(inputs) != 1:
+        names = [t.name for t in inputs]
+        got = "no inputs" if not names else f"inputs {names}"
+        raise InvalidInput(f"request has {got}; model {request.model!r} expects {expected_inputs(io)}")
+    tensor = inputs[0]
+    if tensor.name == io.input_name:
+        return _fp32_tensor(tensor, io)
+    if tensor.name == IMAGE_INPUT:
+        return _image_tensor(tensor, io)
+    raise InvalidInput(
+        f"unknown input {tensor.name!r}; model {request.model!r} expects {expected_inputs(io)}"
+    )
+
+
+def _integer(parameters: Parameters, key: str, what: str = "an integer") -> int | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def read_top_k(request: InferRequest, io: ModelIO) -> int:
+    """Top-k requested through the classification extension (0: plain logits)."""
+    outputs = request.outputs
+    if not outputs:
+        return 0
+    if len(outputs) > 1:
+        names = [o.name for o in outputs]
+        raise InvalidInput(f"request asks for outputs {names}; the model has one output {io.output_name!r}")
+    output = outputs[0]
+    if output.name != io.output_name:
+        raise InvalidInput(f"unknown output {output.name!r}; the model has one output {io.output_name!r}")
+    if not output.parameters or CLASSIFICATION not in output.parameters:
+        return 0
+    try:
+        k = _integer(output.parameters, CLASSIFICATION)
+    except InvalidInput as e:
+        raise InvalidInput(f"output {io.output_name!r}: {e}") from None
+    if k < 1:
+        raise InvalidInput(f"output {io.output_name!r}: parameter {CLASSIFICATION!r} must be >= 1, got {k}")
+    return min(k, io.num_classes)  # Triton clamps to the number of classes
+
+
+def request_deadline(request: InferRequest, io: ModelIO, received: float) -> float | None:
+    """time.monotonic() by which the request must have run: the transport's deadline, the ``timeout``
+    parameter (microseconds) or the model's default queue timeout, whichever comes first."""
+    timeout = io.default_timeout
+    parameters = request.parameters
+    if parameters and TIMEOUT_PARAMETER in parameters and io.allow_timeout_override:
+        value = _integer(parameters, TIMEOUT_PARAMETER, "an integer number of microseconds")
+        if value is not None and value < 0:
+            raise InvalidInput(f"parameter {TIMEOUT_PARAMETER!r} must be >= 0 microseconds, got {value}")
+        if value is not None:
+            timeout = value / 1e6 if value else None
+    deadline = request.deadline
+    if timeout is None:
+        return deadline
+    if deadline is None:
+        return received + timeout
+    return min(received + timeout, deadline)

@@ -1,0 +1,2 @@
+"""The front ends: KServe v2 over gRPC (:mod:`.grpc_server`, messages in :mod:`.grpc_codec`), translating
+wire messages to the data plane's plain objects and back."""

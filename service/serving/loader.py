@@ -1,0 +1,146 @@
+"""Building the versions of a model to serve: read the folder, pick the artifact, start and warm up its
+instances, decide how its batches run. Blocking: the manager runs it in a worker thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modelrepo.manifest import sha256_file
+from modelrepo.reader import EntryError, ModelFolder, ModelIO, VersionEntry, read_model_folder, read_version
+from service.backends import Backend, choose_artifact, configured_threads, create_backend, instance_devices
+from service.batching import policy_from_config
+from service.errors import ModelLoadError, ServeError
+from service.serving.served import ServedVersion, close_backends
+from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+# A single-instance model whose one-row batch takes at most this long runs its batches on the event loop:
+# two thread hops per batch cost more than such a batch (and far more on a busy CPU).
+INLINE_ROW_SECONDS = 0.0005
+
+
+def load_versions(
+    settings: Settings, metrics: ServerMetrics, name: str, old: dict[int, ServedVersion]
+) -> dict[int, ServedVersion]:
+    """The versions of ``name`` to serve, reusing those of ``old`` whose files did not change. Any failure
+    is a :class:`ModelLoadError` with the reason; nothing built before it is left running."""
+    try:
+        folder = read_model_folder(Path(settings.repo), name)
+    except EntryError as e:
+        raise ModelLoadError(str(e)) from None
+    except OSError as e:
+        raise ModelLoadError(f"model {name}: cannot read its folder: {e}") from None
+    built: dict[int, ServedVersion] = {}
+    try:
+        for version in folder.versions:
+            entry = read_version(folder, version)
+            previous = old.get(version)
+            if previous is not None and previous.fingerprint == entry.fingerprint:
+                built[version] = previous
+            else:
+                built[version] = _build_version(settings, metrics, folder, entry)
+    except BaseException as e:
+        close_backends([b for v in built.values() if old.get(v.version) is not v for b in v.backends])
+        if isinstance(e, EntryError):
+            raise ModelLoadError(str(e)) from None
+        if isinstance(e, (ServeError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise ModelLoadError(f"model {name}: {type(e).__name__}: {e}") from None
+    return built
+
+
+def _build_version(settings: Settings, metrics: ServerMetrics, folder: ModelFolder, entry: VersionEntry):
+    started = time.monotonic()
+    name, version, config, manifest = folder.name, entry.version, folder.config, entry.manifest
+    try:
+        policy = policy_from_config(config)
+    except ValueError as e:
+        raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
+    choice = choose_artifact(manifest, entry.path, settings.device)
+    if not choice.path.is_file():
+        raise ModelLoadError(f"model {name} version {version}: artifact {choice.path.name} does not exist")
+    digest = sha256_file(choice.path)
+    if digest != choice.sha256:
+        raise ModelLoadError(
+            f"model {name} version {version}: sha256 of {choice.path.name} is {digest}, the "
+            f"manifest records {choice.sha256} (corrupt or replaced artifact)"
+        )
+    devices = instance_devices(config, choice.device)
+    backends: list[Backend] = []
+    try:
+        for device in devices:
+            backends.append(create_backend(choice, config, device, devices.count("cpu")))
+        row_seconds = warm_up(name, backends, entry.io)
+        inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
+        if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
+            # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
+            single = create_backend(choice, config, "cpu", 1, threads=1)
+            backends.append(single)
+            warm_up(name, [single], entry.io)
+            backends.pop(0).close()
+    except BaseException:
+        close_backends(backends)
+        raise
+    telemetry = metrics.telemetry(name, str(version), backends[0].kind, choice.precision)
+    seconds = time.monotonic() - started
+    log.info(
+        "loaded %s version %d: %s x%d, %s, %s, in %.2fs (one row: %.2f ms)",
+        name,
+        version,
+        backends[0].describe(),
+        len(backends),
+        choice.path.name,
+        choice.precision,
+        seconds,
+        row_seconds * 1e3,
+    )
+    return ServedVersion(
+        name=name,
+        version=version,
+        config=config,
+        manifest=manifest,
+        choice=choice,
+        backends=backends,
+        policy=policy,
+        io=entry.io,
+        telemetry=telemetry,
+        load_seconds=seconds,
+        fingerprint=entry.fingerprint,
+        inline=inline,
+    )
+
+
+def warm_up(name: str, backends: list[Backend], io: ModelIO) -> float:
+    """Run every instance before the version reports ready, checking the output shape against the config.
+
+    Returns the median seconds of a one-row batch on the first instance (to choose inline execution)."""
+    sizes = sorted(
+        {1, min(2, io.max_batch_size)}
+        | ({io.max_batch_size} if any(b.device.startswith("cuda") for b in backends) else set())
+    )
+    for backend in backends:
+        for rows in sizes:
+            try:
+                out = backend.infer(np.zeros((rows, *io.input_shape), dtype=np.float32))
+            except Exception as e:
+                raise ModelLoadError(
+                    f"model {name}: warm-up with batch {rows} on {backend.describe()} failed: {e}"
+                ) from None
+            if out.shape != (rows, io.num_classes):
+                raise ModelLoadError(
+                    f"model {name}: warm-up with batch {rows} returned shape {list(out.shape)}, "
+                    f"the config says [{rows}, {io.num_classes}]"
+                )
+    one_row = np.zeros((1, *io.input_shape), dtype=np.float32)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        backends[0].infer(one_row)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))

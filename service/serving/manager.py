@@ -1,0 +1,238 @@
+"""The served models: loading versions behind their batchers, and Triton's model control modes.
+
+``none``: load at startup, never change. ``poll``: rescan the repository every ``poll_interval`` seconds and
+reload what changed; the new versions serve as soon as they are ready, and the old ones are unloaded only
+after their in-flight requests finish. ``explicit``: RepositoryModelLoad / RepositoryModelUnload.
+Versions follow the config's version_policy (Triton's default: the latest one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelrepo.layout import model_names
+from modelrepo.names import CONFIG_NAME
+from modelrepo.reader import Fingerprint
+from service.errors import ModelNotFound, NotAllowed, ServeError
+from service.serving.loader import load_versions
+from service.serving.served import ServedVersion
+from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """A line of Triton's RepositoryIndex."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+@dataclass
+class ModelRecord:
+    state: str = UNAVAILABLE
+    reason: str = ""
+    fingerprint: Fingerprint | None = None  # of the model folder when last (re)loaded
+
+
+OnChange = Callable[[str, bool], Awaitable[None]]
+
+
+class ModelManager:
+    """Every served model version, and the loading, unloading and polling that change them."""
+
+    def __init__(self, settings: Settings, metrics: ServerMetrics, on_change: OnChange | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.on_change = on_change  # awaited with (model name, ready) after each load/unload
+        self.startup_failures: list[str] = []
+        self.repo = Path(settings.repo)
+        self._routes: dict[str, dict[int, ServedVersion]] = {}
+        self._latest: dict[str, ServedVersion] = {}
+        self._records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._poll_task: asyncio.Task | None = None
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the startup models, then start polling (poll mode)."""
+        self._stop = asyncio.Event()
+        mode = self.settings.model_control_mode
+        if not self.repo.is_dir():
+            log.warning("model repository %s does not exist", self.repo)
+        names = list(self.settings.load_model) or (model_names(self.repo) if mode != "explicit" else [])
+        for name in names:
+            try:
+                await self.load(name)
+            except ServeError as e:
+                log.error("cannot load model %s: %s", name, e)
+                self.startup_failures.append(name)
+        if mode == "poll":
+            self._poll_task = asyncio.get_running_loop().create_task(
+                self._poll_loop(), name="repository poll"
+            )
+
+    async def close(self, timeout: float) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+        served = [v for versions in self._routes.values() for v in versions.values()]
+        self._routes.clear()
+        self._latest.clear()
+        await asyncio.gather(*(v.retire(timeout) for v in served))
+
+    # ---------------------------------------------------------------- lookup
+
+    def resolve(self, name: str, version: str = "") -> ServedVersion:
+        """The version serving ``name`` (``version`` "" = the latest loaded); raises ModelNotFound."""
+        if not version:
+            served = self._latest.get(name)
+            if served is None:
+                raise ModelNotFound(self._not_found(name))
+            return served
+        versions = self._routes.get(name)
+        if not versions:
+            raise ModelNotFound(self._not_found(name))
+        try:
+            return versions[int(version)]
+        except (ValueError, KeyError):
+            served = ", ".join(str(v) for v in sorted(versions))
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r} loaded (loaded: {served})"
+            ) from None
+
+    def _not_found(self, name: str) -> str:
+        record = self._records.get(name)
+        if record is not None and record.reason:
+            return f"model {name!r} is not available: {record.reason}"
+        loaded = sorted(self._latest)
+        shown = ", ".join(loaded[:20]) + (", ..." if len(loaded) > 20 else "")
+        return f"unknown model {name!r}; loaded models: {shown or 'none'}"
+
+    def loaded(self) -> list[ServedVersion]:
+        return [v for name in sorted(self._routes) for _, v in sorted(self._routes[name].items())]
+
+    def versions_of(self, name: str) -> list[ServedVersion]:
+        return [v for _, v in sorted(self._routes.get(name, {}).items())]
+
+    def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """Triton's RepositoryIndex: every model on disk or loaded, one entry per loaded version."""
+        names = sorted(set(model_names(self.repo)) | set(self._routes) | set(self._records))
+        out = []
+        for name in names:
+            record = self._records.get(name, ModelRecord())
+            served = self.versions_of(name)
+            if served:
+                out += [RepositoryEntry(name, v.version_str, READY, "") for v in served]
+            elif not ready_only:
+                out.append(RepositoryEntry(name, "", record.state, record.reason))
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return not self.startup_failures
+
+    # -------------------------------------------------------------- control
+
+    def check_explicit(self, action: str) -> None:
+        if self.settings.model_control_mode != "explicit":
+            raise NotAllowed(
+                f"cannot {action} models: the server runs with --model-control-mode "
+                f"{self.settings.model_control_mode}; use explicit to load and unload"
+            )
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``name``; on failure the versions already serving keep serving."""
+        async with self._lock(name):
+            model_dir = self.repo / name
+            if "/" in name or name.startswith(".") or not (model_dir / CONFIG_NAME).is_file():
+                raise ModelNotFound(
+                    f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
+                )
+            record = self._records.setdefault(name, ModelRecord())
+            old = dict(self._routes.get(name, {}))
+            if not old:
+                record.state = LOADING
+            record.fingerprint = Fingerprint.of(model_dir)
+            try:
+                new = await asyncio.to_thread(load_versions, self.settings, self.metrics, name, old)
+            except ServeError as e:
+                record.reason = str(e)
+                if not old:
+                    record.state = UNAVAILABLE
+                raise
+            for served in new.values():
+                if old.get(served.version) is not served:
+                    served.start()
+            self._routes[name] = new
+            self._latest[name] = new[max(new)]
+            record.state, record.reason = READY, ""
+            if self.on_change is not None:
+                await self.on_change(name, True)
+            retired = [v for k, v in old.items() if new.get(k) is not v]
+            await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
+
+    async def unload(self, name: str) -> None:
+        async with self._lock(name):
+            versions_ = self._routes.pop(name, None)
+            self._latest.pop(name, None)
+            if versions_ is None:
+                if not (self.repo / name / CONFIG_NAME).is_file() and name not in self._records:
+                    raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
+                return
+            record = self._records.setdefault(name, ModelRecord())
+            record.state, record.reason = UNLOADING, ""
+            if self.on_change is not None:
+                await self.on_change(name, False)
+            await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
+            record.state, record.reason = UNAVAILABLE, "unloaded"
+
+    # ----------------------------------------------------------------- poll
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.poll_interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Load new or changed models, unload removed ones."""
+        on_disk = set(model_names(self.repo))
+        if self.settings.load_model:
+            on_disk &= set(self.settings.load_model)
+        for name in sorted(on_disk):
+            fingerprint = await asyncio.to_thread(Fingerprint.of, self.repo / name)
+            record = self._records.get(name)
+            if record is not None and record.fingerprint == fingerprint:
+                continue
+            log.info("repository change in %s: (re)loading", name)
+            try:
+                await self.load(name)
+            except ServeError as e:
+                log.error("cannot load model %s: %s (the versions already loaded keep serving)", name, e)
+        for name in sorted(set(self._routes) - on_disk):
+            log.info("model %s left the repository: unloading", name)
+            await self.unload(name)

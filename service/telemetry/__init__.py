@@ -1,0 +1,1 @@
+"""What the server measures: per-version counters (:mod:`.stats`) and their Prometheus exposition."""
