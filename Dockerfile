@@ -22,16 +22,13 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # a repository into /models.
 FROM scratch AS model-repository
 
-# ---- cpu: python-slim, torch CPU wheels.
+# ---- cpu: python-slim and the server alone (no extras): it serves ONNX models on onnxruntime, without
+# torch (model.pt2 entries need the export extra).
 FROM ${CPU_BASE_IMAGE} AS cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch and torchvision come from PyTorch's CPU index (--index-url https://download.pytorch.org/whl/cpu):
-# the default PyPI wheels for Linux pull in the CUDA libraries (gigabytes) that a CPU image never uses.
-# Installing them first means the project install below finds torch already satisfied.
-RUN python -m pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.5,<3" "torchvision>=0.20"
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     python -m pip install /wheels/cnnserve-*.whl
 RUN groupadd --system --gid 10001 cnnserve \

@@ -43,7 +43,7 @@ def imagenet_weights_file(entry: ModelEntry) -> tuple[Any, Path]:
     """torchvision's default ImageNet weights enum member for ``entry`` and its cache path."""
     if entry.torchvision_weights is None:
         raise WeightsError(
-            f"{entry.name} has no published ImageNet weights; use --weights random or a checkpoint path"
+            f"{entry.name} has no published ImageNet weights; use random weights or a checkpoint path"
         )
     weights = getattr(tvm, entry.torchvision_weights).DEFAULT
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)

@@ -31,15 +31,15 @@ class ServeError(Exception):
     """Base of every error the server reports to a client."""
 
     status = "INTERNAL"
+    outcome = "internal"  # the `outcome` label of cnnserve_requests_total: the status, lower-cased
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.outcome = cls.status.lower()
 
     @property
     def message(self) -> str:
         return str(self)
-
-    @property
-    def outcome(self) -> str:
-        """The ``outcome`` label of cnnserve_requests_total."""
-        return self.status.lower()
 
     @property
     def http_status(self) -> int:
@@ -100,7 +100,7 @@ class Unauthenticated(ServeError):
 
 # The outcomes a ModelInfer can have (cnnserve_requests_total{outcome}); every one is exported from the start.
 INFER_OUTCOMES = tuple(
-    cls.status.lower()
+    cls.outcome
     for cls in (
         ServeError,
         InvalidInput,

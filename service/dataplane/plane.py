@@ -23,7 +23,7 @@ from service.dataplane.types import (
     ServerMetadata,
     TensorMetadata,
 )
-from service.errors import SUCCESS, InvalidInput, ModelNotFound, ServeError, Unavailable
+from service.errors import SUCCESS, Cancelled, InvalidInput, ModelNotFound, ServeError, Unavailable
 from service.serving import InflightCounter, ModelManager, RepositoryEntry, ServedVersion
 from service.telemetry.prometheus import ServerMetrics
 from service.telemetry.stats import ModelStats
@@ -88,15 +88,15 @@ class DataPlane:
         try:
             served = self.manager.resolve(request.model, request.version)
         except ModelNotFound:
-            self.metrics.count_unknown_model("not_found")
+            self.metrics.count_unknown_model(ModelNotFound.outcome)
             raise
         if self.draining:
-            served.telemetry.request_done("unavailable", 0.0)
+            served.telemetry.request_done(Unavailable.outcome, 0.0)
             raise Unavailable("server is shutting down; retry on another replica")
         inflight, served_inflight = self.inflight, served.inflight
         inflight.enter()
         served_inflight.enter()
-        outcome = "internal"
+        outcome = ServeError.outcome
         try:
             io = served.io
             model_input = read_input(request, io)
@@ -112,8 +112,8 @@ class DataPlane:
         except ServeError as e:
             outcome = e.outcome
             raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except asyncio.CancelledError:  # the client went away: its RPC or connection was cancelled
+            outcome = Cancelled.outcome
             raise
         finally:
             served_inflight.exit()

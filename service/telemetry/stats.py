@@ -1,8 +1,8 @@
 """Per-version telemetry as plain counters: Triton's ModelStatistics and the Prometheus series' values.
 
 Everything here is updated on the event loop thread only, without locks (a request touches a handful of
-integers); :mod:`service.telemetry.prometheus` reads it at scrape time. A scrape may see a histogram's ``sum`` one
-observation ahead of or behind its buckets, never inconsistent buckets and count.
+integers); :mod:`service.telemetry.prometheus` reads it at scrape time. A scrape may see a histogram's
+``sum`` one observation ahead of or behind its buckets, never inconsistent buckets and count.
 """
 
 from __future__ import annotations
