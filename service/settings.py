@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from protos.wire import MAX_MESSAGE_BYTES
+
 CONTROL_MODES = ("none", "poll", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -32,7 +34,7 @@ class Settings:
     load_model: tuple[str, ...] = ()  # empty: all models (none/poll), no model (explicit)
     poll_interval: float = 5.0  # seconds between repository scans in poll mode
     grace_period: float = 30.0  # seconds SIGTERM waits for queued and in-flight requests
-    max_message_bytes: int = 64 * 1024 * 1024  # gRPC receive and send limit
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit
     device: str = "auto"
     log_level: str = "info"
 
