@@ -136,13 +136,17 @@ def spec(max_batch_size, shape=(-1, 3, 4, 4)) -> ModelSpec:
 
 
 def test_batch_resolution_and_limits():
-    assert request_shape(spec(8).inputs[0], 4, is_batched(spec(8), 4)) == (4, 3, 4, 4)
-    assert is_batched(spec(None), 2)  # no ModelConfig: the leading -1 is the batch
-    assert not is_batched(spec(0, (3, 4, 4)), 1)
+    shape = (-1, 3, 4, 4)
+    assert request_shape(spec(8).inputs[0], 4, is_batched(spec(8), 4, shape)) == (4, 3, 4, 4)
+    assert is_batched(spec(None), 2, shape)  # no ModelConfig: the leading -1 is the batch
+    assert is_batched(spec(None), 2, None)  # described nowhere: assumed to batch
+    assert not is_batched(spec(0, (3, 4, 4)), 1, (3, 4, 4))
     with pytest.raises(UsageError, match="exceeds model 'm''s max_batch_size 8"):
-        is_batched(spec(8), 9)
+        is_batched(spec(8), 9, shape)
     with pytest.raises(UsageError, match="does not batch"):
-        is_batched(spec(0, (3, 4, 4)), 2)
+        is_batched(spec(0, (3, 4, 4)), 2, (3, 4, 4))
+    with pytest.raises(UsageError, match="has no batch dimension"):
+        is_batched(spec(None, (3, 4, 4)), 2, (3, 4, 4))
     with pytest.raises(UsageError, match="variable dimensions"):
         request_shape(TensorSpec("input", "FP32", (-1, 3, -1, -1)), 1, True)
 
