@@ -125,19 +125,23 @@ async def wait_ready(
         return
 
 
-async def _get_json(session, url: str, timeout_s: float, server_name: str | None) -> tuple[int, object]:
+async def _get(session, url: str, timeout_s: float, server_name: str | None) -> tuple[int, bytes]:
     try:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with session.get(url, timeout=timeout, server_hostname=server_name) as response:
-            body = await response.read()
+            return response.status, await response.read()
     except (aiohttp.ClientError, asyncio.TimeoutError) as error:
         raise TargetError(f"GET {url} failed: {error or type(error).__name__}") from None
-    if response.status != 200:
-        return response.status, error_message(response.status, body)
+
+
+def _json_object(url: str, body: bytes) -> dict:
     try:
-        return 200, json.loads(body)
+        document = json.loads(body)
     except ValueError:
-        raise TargetError(f"GET {url} answered 200 with a body that is not JSON") from None
+        document = None
+    if not isinstance(document, dict):
+        raise TargetError(f"GET {url} answered 200 with a body that is not a JSON object")
+    return document
 
 
 def _tensor_specs(url: str, document: dict, key: str) -> tuple[TensorSpec, ...]:
@@ -156,19 +160,23 @@ async def describe_async(base: str, model: str, version: str, timeout_s: float, 
     async with new_session(tls, headers, pool_size=1) as session:
         await wait_ready(session, base, tls, connect_timeout_s)
         url = base + model_path(model, version)
-        status, metadata = await _get_json(session, url, timeout_s, server_name)
+        status, body = await _get(session, url, timeout_s, server_name)
         if status == 404:
-            raise UsageError(f"--model {model!r}: the server at {base} answered: {metadata}")
-        if status != 200 or not isinstance(metadata, dict):
-            raise TargetError(f"GET {url} failed: {metadata}")
-        status, ready = await _get_json(session, f"{url}/ready", timeout_s, server_name)
+            raise UsageError(
+                f"--model {model!r}: the server at {base} answered: {error_message(status, body)}"
+            )
+        if status != 200:
+            raise TargetError(f"GET {url} failed: {error_message(status, body)}")
+        metadata = _json_object(url, body)
+        status, body = await _get(session, f"{url}/ready", timeout_s, server_name)
         if status != 200:
             raise TargetError(
-                f"model {model!r} (version {version or 'latest'}) is not ready on {base}: {ready}"
+                f"model {model!r} (version {version or 'latest'}) is not ready on {base}: "
+                f"{error_message(status, body)}"
             )
-        status, config = await _get_json(session, f"{url}/config", timeout_s, server_name)
+        status, body = await _get(session, f"{url}/config", timeout_s, server_name)
     # Triton's model configuration; other servers have none (404) or one without max_batch_size.
-    max_batch_size = config.get("max_batch_size") if status == 200 and isinstance(config, dict) else None
+    max_batch_size = _json_object(f"{url}/config", body).get("max_batch_size") if status == 200 else None
     return ModelSpec(
         name=str(metadata.get("name") or model),
         version=version,
