@@ -113,9 +113,12 @@ async def wait_ready(
             raise TargetError(f"TLS with the server at {base} failed: {error}") from None
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
             if clock() + pause >= deadline:
+                check = "is it running, is that the HTTP port" + (
+                    ", and does it accept our TLS?" if tls else "?"
+                )
                 raise TargetError(
-                    f"cannot reach an HTTP server at {base} within {connect_timeout_s:g} s (is it running, "
-                    f"and is that the HTTP port?): {error or type(error).__name__}"
+                    f"cannot reach an HTTP server at {base} within {connect_timeout_s:g} s ({check}): "
+                    f"{error or type(error).__name__}"
                 ) from None
             await asyncio.sleep(pause)
             pause = min(2 * pause, RETRY_MAX_S)
