@@ -42,6 +42,7 @@ from pathlib import Path
 
 import grpc
 import uvicorn
+from google.protobuf import json_format
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -154,18 +155,33 @@ class NullCore:
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, m.classes]}],
         }
 
+    def config(self) -> dict:
+        """Triton's model configuration, in its JSON form."""
+        m = self.model
+        inputs = (
+            [{"name": "input", "data_type": "TYPE_FP32", "dims": list(m.shape)}] if m.describe_inputs else []
+        )
+        output = {"name": "logits", "data_type": "TYPE_FP32", "dims": [m.classes]}
+        return {
+            "name": m.name,
+            "platform": "null",
+            "max_batch_size": m.max_batch_size,
+            "input": inputs,
+            "output": [output],
+        }
+
     def reject(self, outcome: str, code: grpc.StatusCode, message: str) -> NullError:
         self.counts.outcomes[outcome] += 1
         return NullError(code, message)
 
-    def admit(self, name: str, version: str, header_value: str | None, shapes: list[list[int]]) -> int:
-        """Check one infer request; the rows it carries, or NullError (counted by outcome)."""
+    def authorize(self, header_value: str | None) -> None:
+        """Inference as Triton's restricted protocols guard it: first, before the request is read."""
         if self.required_header is not None and header_value != self.required_header[1]:
-            raise self.reject(
-                "permission_denied",
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"inference requires the header '{self.required_header[0]}'",
-            )
+            message = f"inference requires the header '{self.required_header[0]}'"
+            raise self.reject("permission_denied", grpc.StatusCode.PERMISSION_DENIED, message)
+
+    def admit(self, name: str, version: str, shapes: list[list[int]]) -> int:
+        """Check one infer request; the rows it carries, or NullError (counted by outcome)."""
         if not self.known(name, version):
             self.counts.unknown_model["not_found"] += 1
             self.require_model(name, version)
@@ -218,18 +234,15 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
             self.core.require_model(request.name, request.version)
         except NullError as error:
             await context.abort(error.code, error.message)
-        config = mc.ModelConfig(name=m.name, platform="null", max_batch_size=m.max_batch_size)
-        if m.describe_inputs:
-            config.input.add(name="input", data_type=mc.TYPE_FP32, dims=list(m.shape))
-        config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[m.classes])
-        return pb.ModelConfigResponse(config=config)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(self.core.config(), mc.ModelConfig()))
 
     async def ModelInfer(self, request, context):
         required = self.core.required_header
         header_value = dict(context.invocation_metadata()).get(required[0].lower()) if required else None
         shapes = [list(t.shape) for t in request.inputs]
         try:
-            rows = self.core.admit(request.model_name, request.model_version, header_value, shapes)
+            self.core.authorize(header_value)
+            rows = self.core.admit(request.model_name, request.model_version, shapes)
         except NullError as error:
             await context.abort(error.code, error.message)
         template = self._responses.get(rows)
@@ -249,7 +262,7 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def _error(error: NullError) -> JSONResponse:
+async def http_error(request: Request, error: NullError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=HTTP_STATUS[error.code])
 
 
@@ -274,7 +287,7 @@ class NullHttp:
             ]
             if self.core.model.offer_config:
                 routes.append(Route(f"{model}/config", self.config))
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, exception_handlers={NullError: http_error})
 
     def _model(self, request: Request) -> tuple[str, str]:
         return request.path_params["model"], request.path_params.get("version", "")
@@ -288,41 +301,20 @@ class NullHttp:
         )
 
     async def metadata(self, request: Request) -> Response:
-        try:
-            self.core.require_model(*self._model(request))
-        except NullError as error:
-            return _error(error)
+        self.core.require_model(*self._model(request))
         return JSONResponse(self.core.metadata())
 
     async def ready(self, request: Request) -> Response:
-        try:
-            self.core.require_model(*self._model(request))
-        except NullError as error:
-            return _error(error)
+        self.core.require_model(*self._model(request))
         return Response(status_code=200)
 
     async def config(self, request: Request) -> Response:
-        try:
-            self.core.require_model(*self._model(request))
-        except NullError as error:
-            return _error(error)
-        m = self.core.model
-        inputs = (
-            [{"name": "input", "data_type": "TYPE_FP32", "dims": list(m.shape)}] if m.describe_inputs else []
-        )
-        return JSONResponse(
-            {
-                "name": m.name,
-                "platform": "null",
-                "max_batch_size": m.max_batch_size,
-                "input": inputs,
-                "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [m.classes]}],
-            }
-        )
+        self.core.require_model(*self._model(request))
+        return JSONResponse(self.core.config())
 
     async def infer(self, request: Request) -> Response:
         required = self.core.required_header
-        header_value = request.headers.get(required[0]) if required else None
+        self.core.authorize(request.headers.get(required[0]) if required else None)
         body = await request.body()
         try:
             length = request.headers.get(HEADER_LENGTH)
@@ -332,21 +324,14 @@ class NullHttp:
                 output.get("parameters", {}).get("binary_data") for output in document.get("outputs", ())
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            return _error(
-                self.core.reject(
-                    "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT, "malformed inference request JSON"
-                )
-            )
-        try:
-            rows = self.core.admit(*self._model(request), header_value, shapes)
-        except NullError as error:
-            return _error(error)
-        reply = self._replies.get((rows, binary)) or self._replies.setdefault(
-            (rows, binary), self._reply(rows, binary)
-        )
-        if "id" not in document:
-            return reply
-        return self._reply(rows, binary, str(document["id"]))
+            message = "malformed inference request JSON"
+            raise self.core.reject("invalid_argument", grpc.StatusCode.INVALID_ARGUMENT, message) from None
+        rows = self.core.admit(*self._model(request), shapes)
+        if "id" in document:
+            return self._reply(rows, binary, str(document["id"]))
+        if (rows, binary) not in self._replies:
+            self._replies[rows, binary] = self._reply(rows, binary)
+        return self._replies[rows, binary]
 
     def _reply(self, rows: int, binary: bool, request_id: str | None = None) -> Response:
         m = self.core.model
