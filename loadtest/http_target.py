@@ -101,15 +101,11 @@ async def wait_ready(
     """GET /v2/health/ready, retrying while nothing listens yet, for up to `connect_timeout_s`."""
     deadline = clock() + connect_timeout_s
     pause = RETRY_FIRST_S
-    server_name = tls.server_name if tls else None
     while True:
         try:
-            timeout = aiohttp.ClientTimeout(total=max(0.01, deadline - clock()))
-            async with session.get(
-                f"{base}/v2/health/ready", timeout=timeout, server_hostname=server_name
-            ) as response:
-                body = await response.read()
-        except aiohttp.ClientSSLError as error:
+            status, body = await _fetch(session, f"{base}/v2/health/ready", deadline - clock(), tls)
+            break
+        except aiohttp.ClientSSLError as error:  # a certificate that will not verify: no use retrying
             raise TargetError(f"TLS with the server at {base} failed: {error}") from None
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
             if clock() + pause >= deadline:
@@ -122,17 +118,20 @@ async def wait_ready(
                 ) from None
             await asyncio.sleep(pause)
             pause = min(2 * pause, RETRY_MAX_S)
-            continue
-        if response.status != 200:
-            raise TargetError(f"the server at {base} is not ready ({error_message(response.status, body)})")
-        return
+    if status != 200:
+        raise TargetError(f"the server at {base} is not ready ({error_message(status, body)})")
 
 
-async def _get(session, url: str, timeout_s: float, server_name: str | None) -> tuple[int, bytes]:
+async def _fetch(session, url: str, timeout_s: float, tls: TlsSettings | None) -> tuple[int, bytes]:
+    timeout = aiohttp.ClientTimeout(total=max(0.01, timeout_s))
+    server_name = tls.server_name if tls else None
+    async with session.get(url, timeout=timeout, server_hostname=server_name) as response:
+        return response.status, await response.read()
+
+
+async def _get(session, url: str, timeout_s: float, tls: TlsSettings | None) -> tuple[int, bytes]:
     try:
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with session.get(url, timeout=timeout, server_hostname=server_name) as response:
-            return response.status, await response.read()
+        return await _fetch(session, url, timeout_s, tls)
     except (aiohttp.ClientError, asyncio.TimeoutError) as error:
         raise TargetError(f"GET {url} failed: {error or type(error).__name__}") from None
 
@@ -157,13 +156,19 @@ def _tensor_specs(url: str, document: dict, key: str) -> tuple[TensorSpec, ...]:
         raise TargetError(f"GET {url}: malformed {key!r} in the model metadata ({error!r})") from None
 
 
-async def describe_async(base: str, model: str, version: str, timeout_s: float, connect_timeout_s: float,
-                         tls: TlsSettings | None, headers: Headers) -> ModelSpec:  # fmt: skip
-    server_name = tls.server_name if tls else None
+async def describe_async(
+    base: str,
+    model: str,
+    version: str,
+    timeout_s: float,
+    connect_timeout_s: float,
+    tls: TlsSettings | None,
+    headers: Headers,
+) -> ModelSpec:
     async with new_session(tls, headers, pool_size=1) as session:
         await wait_ready(session, base, tls, connect_timeout_s)
         url = base + model_path(model, version)
-        status, body = await _get(session, url, timeout_s, server_name)
+        status, body = await _get(session, url, timeout_s, tls)
         if status == 404:
             raise UsageError(
                 f"--model {model!r}: the server at {base} answered: {error_message(status, body)}"
@@ -171,13 +176,13 @@ async def describe_async(base: str, model: str, version: str, timeout_s: float, 
         if status != 200:
             raise TargetError(f"GET {url} failed: {error_message(status, body)}")
         metadata = _json_object(url, body)
-        status, body = await _get(session, f"{url}/ready", timeout_s, server_name)
+        status, body = await _get(session, f"{url}/ready", timeout_s, tls)
         if status != 200:
             raise TargetError(
                 f"model {model!r} (version {version or 'latest'}) is not ready on {base}: "
                 f"{error_message(status, body)}"
             )
-        status, body = await _get(session, f"{url}/config", timeout_s, server_name)
+        status, body = await _get(session, f"{url}/config", timeout_s, tls)
     # Triton's model configuration; other servers have none (404) or one without max_batch_size.
     max_batch_size = _json_object(f"{url}/config", body).get("max_batch_size") if status == 200 else None
     return ModelSpec(
@@ -190,8 +195,15 @@ async def describe_async(base: str, model: str, version: str, timeout_s: float, 
     )
 
 
-def describe(base: str, model: str, version: str, timeout_s: float, connect_timeout_s: float,
-             tls: TlsSettings | None, headers: Headers) -> ModelSpec:  # fmt: skip
+def describe(
+    base: str,
+    model: str,
+    version: str,
+    timeout_s: float,
+    connect_timeout_s: float,
+    tls: TlsSettings | None,
+    headers: Headers,
+) -> ModelSpec:
     return asyncio.run(describe_async(base, model, version, timeout_s, connect_timeout_s, tls, headers))
 
 
@@ -233,8 +245,14 @@ class HttpSender:
 
 
 @contextlib.asynccontextmanager
-async def open_sender(base: str, infer_path: str, tls: TlsSettings | None, headers: Headers,
-                      connect_timeout_s: float, pool_size: int) -> AsyncIterator[HttpSender]:  # fmt: skip
+async def open_sender(
+    base: str,
+    infer_path: str,
+    tls: TlsSettings | None,
+    headers: Headers,
+    connect_timeout_s: float,
+    pool_size: int,
+) -> AsyncIterator[HttpSender]:
     async with new_session(tls, headers, pool_size) as session:
         await wait_ready(session, base, tls, connect_timeout_s)
         yield HttpSender(session, base + infer_path, tls.server_name if tls else None)

@@ -153,8 +153,10 @@ def pick_input_name(spec: ModelSpec, overrides: InputOverrides) -> str:
     if len(overrides.named) == 1:
         return next(iter(overrides.named))
     if overrides.named:
-        raise UsageError(f"--shape/--datatype name several inputs ({', '.join(sorted(overrides.named))}); "
-                         "choose the one to send with --input")  # fmt: skip
+        raise UsageError(
+            f"--shape/--datatype name several inputs ({', '.join(sorted(overrides.named))}); "
+            "choose the one to send with --input"
+        )
     fp32 = [t for t in spec.inputs if t.datatype == "FP32"]
     if fp32:
         return next((t for t in fp32 if t.name == "input"), fp32[0]).name
