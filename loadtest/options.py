@@ -162,7 +162,12 @@ def validate_url(url: str) -> None:
     """gRPC --url: HOST:PORT."""
     host, sep, port = url.rpartition(":")
     if "://" in url or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--url: expected HOST:PORT of the gRPC endpoint (e.g. 127.0.0.1:8001), got {url!r}")
+        hint = (
+            "; for KServe v2 over HTTP add --protocol http" if url.startswith(("http://", "https://")) else ""
+        )
+        raise UsageError(
+            f"--url: expected HOST:PORT of the gRPC endpoint (e.g. 127.0.0.1:8001), got {url!r}{hint}"
+        )
 
 
 def target_address(url: str, protocol: str, tls: bool) -> str:

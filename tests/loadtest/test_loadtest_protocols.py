@@ -273,7 +273,7 @@ def test_bad_arguments_exit_2(extra, message, capsys):
         ("--url http://h:1/v2 --protocol http", "--url: expected http(s)://HOST:PORT"),
         ("--url http://h:99999 --protocol http", "--url: expected http(s)://HOST:PORT"),
         ("--url http://h:1 --protocol http --tls", "TLS was asked for (--tls*); use an https:// URL"),
-        ("--url http://h:1", "--url: expected HOST:PORT of the gRPC endpoint"),
+        ("--url http://h:1", "got 'http://h:1'; for KServe v2 over HTTP add --protocol http"),
     ],
 )
 def test_bad_urls_exit_2(target, message, capsys):
