@@ -1,4 +1,5 @@
-"""Command line: ``python -m loadtest --url HOST:PORT --model NAME [--concurrency 1,2,4 | --rate 50,100]``.
+"""Command line: ``python -m loadtest --url HOST:PORT --model NAME [--concurrency 1,2,4 | --rate 50,100]``
+(``--protocol http --url http(s)://HOST:PORT`` for KServe v2 over HTTP).
 
 Exit status: 0 done; 1 the target failed (unreachable, not ready, a step with no successful request);
 2 a bad argument (also one only the server can judge: unknown model, batch over its max, ...).
@@ -12,8 +13,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loadtest.options import CLOSED_LOOP, OPEN_LOOP, LoadTestOptions, TargetError, UsageError
+from loadtest.options import (
+    CLOSED_LOOP,
+    GRPC,
+    HTTP,
+    OPEN_LOOP,
+    RANDOM_DATATYPES,
+    LoadTestOptions,
+    TargetError,
+    UsageError,
+    check_datatype,
+    check_shape,
+)
 from loadtest.progress import LiveProgress, QuietProgress
+from loadtest.security import check_header
 
 PROG = "python -m loadtest"
 
@@ -50,20 +63,95 @@ def positive(kind, allow_zero: bool = False):
     return parse
 
 
+def _usage_to_argparse(check, *args) -> None:
+    try:
+        check(*args)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def named_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse type: ``NAME:d1,d2,...`` (a name may itself hold colons; dimensions never do)."""
+    name, _, dims = text.rpartition(":")
+    try:
+        shape = tuple(int(dim) for dim in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:d1,d2,... (e.g. input:3,224,224), got {text!r}"
+        ) from None
+    _usage_to_argparse(check_shape, name, shape)
+    return name, shape
+
+
+def named_datatype(text: str) -> tuple[str, str]:
+    """argparse type: ``NAME:TYPE`` with a KServe v2 datatype."""
+    name, _, datatype = text.rpartition(":")
+    _usage_to_argparse(check_datatype, name, datatype.upper())
+    return name, datatype.upper()
+
+
+def header(text: str) -> tuple[str, str]:
+    """argparse type: ``KEY=VALUE``."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    _usage_to_argparse(check_header, name, value)
+    return name, value
+
+
+def by_name(pairs: list[tuple[str, object]] | None, flag: str) -> dict:
+    named: dict = {}
+    for name, value in pairs or ():
+        if name in named:
+            raise UsageError(f"{flag} {name}: given twice")
+        named[name] = value
+    return named
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Load-test any KServe v2 gRPC server (cnnserve, Triton, MLServer).",
+        description="Load-test any KServe v2 server over gRPC or HTTP (cnnserve, Triton, MLServer).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     target = parser.add_argument_group("target")
-    target.add_argument("--url", required=True, help="gRPC endpoint HOST:PORT")
+    target.add_argument(
+        "--url", required=True, help="gRPC: HOST:PORT; HTTP: http(s)://HOST:PORT (or HOST:PORT)"
+    )
+    target.add_argument("--protocol", choices=(GRPC, HTTP), default=GRPC, help="KServe v2 over gRPC or HTTP")
+    target.add_argument(
+        "--http-json",
+        action="store_true",
+        help="HTTP: plain JSON tensors instead of Triton's binary tensor extension (MLServer needs this)",
+    )
     target.add_argument("--model", required=True, help="model name")
     target.add_argument("--model-version", default="", help="model version (empty: the server's choice)")
     target.add_argument("--metrics-url", help="the target's Prometheus endpoint, for the server-side split")
     target.add_argument("--timeout", type=positive(float), default=30.0, help="per-request deadline, seconds")
     target.add_argument(
         "--connect-timeout", type=positive(float), default=3.0, help="seconds to reach the server"
+    )
+
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--tls", action="store_true", help="TLS, verifying the server with the system's trusted roots"
+    )
+    security.add_argument(
+        "--tls-ca", type=Path, metavar="FILE", help="TLS: verify the server with this CA (PEM)"
+    )
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="mutual TLS: client certificate (PEM)"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="FILE", help="mutual TLS: client private key (PEM)")
+    security.add_argument(
+        "--tls-server-name", metavar="NAME", help="TLS: the name to expect in the server's certificate"
+    )
+    security.add_argument(
+        "--header",
+        type=header,
+        action="append",
+        metavar="KEY=VALUE",
+        help="sent with every call (gRPC metadata, HTTP header); repeatable",
     )
 
     load = parser.add_argument_group("load")
@@ -78,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--batch", type=positive(int), default=1, help="rows (images) per request")
     load.add_argument("--input", dest="input_name", help="input to randomize (default: the FP32 one)")
+    load.add_argument(
+        "--shape",
+        type=named_shape,
+        action="append",
+        metavar="NAME:d1,d2,...",
+        help="an input's shape, without the batch dimension when the model batches (the full shape when "
+        "it does not); for inputs the server does not describe or leaves variable (-1); repeatable",
+    )
+    load.add_argument(
+        "--datatype",
+        type=named_datatype,
+        action="append",
+        metavar="NAME:TYPE",
+        help=f"an input's datatype ({', '.join(RANDOM_DATATYPES)}); repeatable",
+    )
     load.add_argument("--images", type=Path, help="folder of images to send as the BYTES input 'image'")
     load.add_argument("--workers", type=positive(int), default=1, help="client processes")
     load.add_argument("--max-inflight", type=positive(int), default=1024, help="open loop: cap per worker")
@@ -137,6 +240,16 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         max_inflight=args.max_inflight,
         late_threshold_s=args.late_threshold,
         seed=args.seed,
+        protocol=args.protocol,
+        http_json=args.http_json,
+        shapes=by_name(args.shape, "--shape"),
+        datatypes=by_name(args.datatype, "--datatype"),
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        headers=tuple(args.header or ()),
     )
 
 
@@ -152,8 +265,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = options_from_args(args)
     try:
+        options = options_from_args(args)
         options.validate()
         _check_outputs(args)
     except UsageError as error:

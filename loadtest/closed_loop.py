@@ -5,25 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import grpc
+from loadtest.recorder import WindowRecorder, clock
 
-from loadtest.recorder import OK, WindowRecorder, clock
-
-Call = Callable[..., Awaitable[bytes]]
-
-
-async def send_one(call: Call, payload: bytes, timeout_s: float) -> tuple[str, str]:
-    """Send one request; (gRPC status name, server message)."""
-    try:
-        await call(payload, timeout=timeout_s)
-    except grpc.aio.AioRpcError as error:
-        return error.code().name, error.details() or ""
-    return OK, ""
+# Sends one prepared request with a deadline; answers (status name, server message), "OK" on success.
+Send = Callable[[object, float], Awaitable[tuple[str, str]]]
 
 
 async def run_closed_loop(
-    call: Call,
-    payloads: tuple[bytes, ...],
+    send: Send,
+    payloads: tuple,
     concurrency: int,
     recorder: WindowRecorder,
     stop: asyncio.Event,
@@ -40,7 +30,7 @@ async def run_closed_loop(
             if sent >= stop_at:
                 return
             index = recorder.begin(sent)
-            code, details = await send_one(call, payloads[turn % len(payloads)], timeout_s)
+            code, details = await send(payloads[turn % len(payloads)], timeout_s)
             recorder.finish(index, sent, sent, clock(), code, details)
             turn += concurrency
 

@@ -11,13 +11,13 @@ import asyncio
 
 import numpy as np
 
-from loadtest.closed_loop import Call, send_one
+from loadtest.closed_loop import Send
 from loadtest.recorder import WindowRecorder, clock
 
 
 async def run_open_loop(
-    call: Call,
-    payloads: tuple[bytes, ...],
+    send: Send,
+    payloads: tuple,
     rate: float,
     recorder: WindowRecorder,
     stop: asyncio.Event,
@@ -32,10 +32,10 @@ async def run_open_loop(
     slots = asyncio.Semaphore(max_inflight)
     inflight: set[asyncio.Task] = set()
 
-    async def send(payload: bytes, scheduled: float, index: int) -> None:
+    async def send_scheduled(payload, scheduled: float, index: int) -> None:
         try:
             sent = clock()
-            code, details = await send_one(call, payload, timeout_s)
+            code, details = await send(payload, timeout_s)
             recorder.finish(index, scheduled, sent, clock(), code, details)
         finally:
             slots.release()
@@ -60,7 +60,7 @@ async def run_open_loop(
             break
         await slots.acquire()
         index = recorder.begin(scheduled)
-        task = asyncio.create_task(send(payloads[turn % len(payloads)], scheduled, index))
+        task = asyncio.create_task(send_scheduled(payloads[turn % len(payloads)], scheduled, index))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
         turn += 1

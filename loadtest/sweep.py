@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from loadtest import scrape
-from loadtest.inputs import Payloads, build_payloads, list_images
+from loadtest.inputs import InputOverrides, Payloads, build_payloads, list_images
 from loadtest.options import CLOSED_LOOP, LoadTestOptions, TargetError
 from loadtest.recorder import Totals, WindowData, clock
 from loadtest.stats import (
@@ -19,7 +20,7 @@ from loadtest.stats import (
     summarize_latencies,
     summarize_lateness,
 )
-from loadtest.target import ModelSpec, connect, describe_model
+from loadtest.target import ModelSpec, connection_for, describe_target, encoder_for
 from loadtest.windows import TIME_BOUND, StabilityTracker, WindowSummary
 from loadtest.workers import StepCommand, WorkerPool, split_level
 
@@ -42,7 +43,7 @@ class StepResult:
     measured_windows: int
     measured_s: float
     requests: int  # successful requests in the measured windows
-    errors: dict[str, int]  # gRPC status -> count in the measured windows
+    errors: dict[str, int]  # status (gRPC names; HTTP statuses mapped to them) -> count, measured windows
     error_samples: dict[str, str]
     requests_per_s: float
     images_per_s: float
@@ -70,9 +71,8 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        options = {
-            k: (str(v) if v is not None and k == "images" else v) for k, v in asdict(self.options).items()
-        }
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.options).items()}
+        options["headers"] = [name for name, _ in self.options.headers]  # values may be secrets
         return {
             "started_at": self.started_at,
             "options": options,
@@ -147,16 +147,21 @@ def run_loadtest(options: LoadTestOptions, progress) -> RunResult:
     options.validate()
     if options.images is not None:
         list_images(options.images)  # a missing folder is an argument error, server or not
-    channel = connect(options.url, options.connect_timeout_s)
-    try:
-        spec = describe_model(channel, options.url, options.model, options.model_version, options.timeout_s)
-    finally:
-        channel.close()
-    payloads = build_payloads(spec, options.batch, options.images, options.input_name, options.seed)
+    spec = describe_target(options)
+    overrides = InputOverrides(options.input_name, options.shapes, options.datatypes)
+    payloads = build_payloads(
+        spec,
+        options.batch,
+        options.images,
+        seed=options.seed,
+        overrides=overrides,
+        encode=encoder_for(options),
+    )
     if options.metrics_url:
         scrape.scrape(options.metrics_url)  # fail fast on a wrong --metrics-url
     result = RunResult(options, spec, payloads, datetime.datetime.now(datetime.timezone.utc).isoformat())
-    pool = WorkerPool(options.workers, options.url, payloads.requests, options.connect_timeout_s)
+    connection = connection_for(options, spec, _requests_in_flight(options))
+    pool = WorkerPool(options.workers, connection, payloads.requests)
     try:
         pool.start()
         for step, level in enumerate(options.levels):
@@ -166,6 +171,14 @@ def run_loadtest(options: LoadTestOptions, progress) -> RunResult:
     finally:
         pool.close()
     return result
+
+
+def _requests_in_flight(options: LoadTestOptions) -> int:
+    """The most requests one worker keeps in flight: its largest share of a concurrency, or the open
+    loop's cap."""
+    if options.mode == CLOSED_LOOP:
+        return max(max(split_level(CLOSED_LOOP, level, options.workers)) for level in options.levels)
+    return options.max_inflight
 
 
 def _scrape_or_note(url: str) -> tuple[scrape.Snapshot | None, str | None]:

@@ -1,94 +1,99 @@
-"""Connecting to a KServe v2 target and reading what its model expects."""
+"""The target, whatever its protocol: describe its model, encode requests for it, open a sender to it.
+
+The gRPC names that callers of this module used before HTTP existed (``connect``, ``describe_model``,
+``CHANNEL_OPTIONS``, ``INFER_METHOD``) stay importable from here.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-import grpc
+from loadtest import grpc_target, http_target
+from loadtest.grpc_target import CHANNEL_OPTIONS, INFER_METHOD, connect, describe_model
+from loadtest.model_spec import InputTensor, ModelSpec, TensorSpec
+from loadtest.options import GRPC, HTTP, LoadTestOptions
+from loadtest.security import TlsSettings
 
-from loadtest.options import TargetError, UsageError
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "INFER_METHOD",
+    "Connection",
+    "ModelSpec",
+    "Sender",
+    "TensorSpec",
+    "connect",
+    "connection_for",
+    "describe_model",
+    "describe_target",
+    "encoder_for",
+    "open_sender",
+]
 
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-# Image batches easily pass gRPC's 4 MiB default.
-CHANNEL_OPTIONS = (("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1))
+Encoder = Callable[[ModelSpec, InputTensor], object]
+
+
+class Sender(Protocol):
+    async def send(self, payload, timeout_s: float) -> tuple[str, str]:
+        """Send one prepared request; (status name, server message), status ``OK`` on success."""
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
+class Connection:
+    """Everything a worker needs to reach the target (plain data: it crosses into worker processes)."""
+
+    protocol: str
+    address: str  # gRPC HOST:PORT, or the HTTP base URL
+    tls: TlsSettings | None
+    headers: tuple[tuple[str, str], ...]
+    connect_timeout_s: float
+    pool_size: int = 1  # HTTP connections per worker: the most requests it keeps in flight
+    infer_path: str = ""  # HTTP: /v2/models/{model}[/versions/{version}]/infer
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    version: str
-    platform: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    # From Triton's ModelConfig RPC: 0 = the model does not batch; None = the server has no ModelConfig.
-    max_batch_size: int | None
-
-    def describe_inputs(self) -> str:
-        return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in self.inputs) or "none"
-
-
-def connect(url: str, timeout_s: float) -> grpc.Channel:
-    """A ready channel to `url`, or TargetError after `timeout_s` seconds."""
-    channel = grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout_s)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise TargetError(
-            f"cannot reach a gRPC server at {url} within {timeout_s:g} s (is it running, and is that the "
-            "gRPC port?)"
-        ) from None
-    return channel
-
-
-def _rpc_error(url: str, what: str, error: grpc.RpcError) -> TargetError:
-    return TargetError(f"{what} failed on {url}: {error.code().name}: {error.details()}")
-
-
-def describe_model(channel: grpc.Channel, url: str, model: str, version: str, timeout_s: float) -> ModelSpec:
-    """Check the server and model are ready and read the model's metadata (and config where offered)."""
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    try:
-        if not stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready:
-            raise TargetError(f"the server at {url} is live but not ready")
-    except grpc.RpcError as error:
-        raise _rpc_error(url, "ServerReady", error) from None
-    try:
-        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout_s)
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            raise UsageError(f"--model {model!r}: the server at {url} answered: {error.details()}") from None
-        raise _rpc_error(url, f"ModelMetadata for {model!r}", error) from None
-    try:
-        ready = stub.ModelReady(pb.ModelReadyRequest(name=model, version=version), timeout=timeout_s).ready
-    except grpc.RpcError as error:
-        raise _rpc_error(url, f"ModelReady for {model!r}", error) from None
-    if not ready:
-        raise TargetError(f"model {model!r} (version {version or 'latest'}) is not ready on {url}")
-    return ModelSpec(
-        name=metadata.name or model,
-        version=version,
-        platform=metadata.platform,
-        inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs),
-        outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs),
-        max_batch_size=_max_batch_size(stub, url, model, version, timeout_s),
+def describe_target(options: LoadTestOptions) -> ModelSpec:
+    describe = http_target.describe if options.protocol == HTTP else grpc_target.describe
+    return describe(
+        options.address,
+        options.model,
+        options.model_version,
+        options.timeout_s,
+        options.connect_timeout_s,
+        options.tls_settings(),
+        options.headers,
     )
 
 
-def _max_batch_size(stub, url: str, model: str, version: str, timeout_s: float) -> int | None:
-    try:
-        response = stub.ModelConfig(pb.ModelConfigRequest(name=model, version=version), timeout=timeout_s)
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-            return None  # e.g. MLServer: no Triton ModelConfig extension
-        raise _rpc_error(url, f"ModelConfig for {model!r}", error) from None
-    return int(response.config.max_batch_size)
+def encoder_for(options: LoadTestOptions) -> Encoder:
+    if options.protocol == GRPC:
+        return grpc_target.encode_request
+    binary = not options.http_json
+    return lambda spec, tensor: http_target.encode_request(tensor, binary)
+
+
+def connection_for(options: LoadTestOptions, spec: ModelSpec, pool_size: int) -> Connection:
+    return Connection(
+        protocol=options.protocol,
+        address=options.address,
+        tls=options.tls_settings(),
+        headers=options.headers,
+        connect_timeout_s=options.connect_timeout_s,
+        pool_size=pool_size,
+        infer_path=http_target.model_path(spec.name, spec.version) + "/infer",
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_sender(connection: Connection) -> AsyncIterator[Sender]:
+    """A connected sender (TargetError when the target cannot be reached in time)."""
+    c = connection
+    if c.protocol == HTTP:
+        opened = http_target.open_sender(
+            c.address, c.infer_path, c.tls, c.headers, c.connect_timeout_s, c.pool_size
+        )
+    else:
+        opened = grpc_target.open_sender(c.address, c.tls, c.headers, c.connect_timeout_s)
+    async with opened as sender:
+        yield sender

@@ -1,4 +1,5 @@
-"""Load-generating workers: one asyncio loop and one gRPC channel each, in a thread or a spawned process.
+"""Load-generating workers: one asyncio loop and one connection to the target each (a grpc.aio channel or
+an aiohttp session), in a thread or a spawned process.
 
 The parent sends each worker a ``StepCommand`` (its share of the concurrency or rate and a common start
 time on the host-wide monotonic clock, so all workers' windows line up), later a ``StopStep``, and
@@ -18,13 +19,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
-from loadtest.closed_loop import run_closed_loop
+from loadtest.closed_loop import Send, run_closed_loop
 from loadtest.open_loop import run_open_loop
 from loadtest.options import CLOSED_LOOP, TargetError
 from loadtest.recorder import Totals, WindowData, WindowRecorder, clock
-from loadtest.target import CHANNEL_OPTIONS, INFER_METHOD
+from loadtest.target import Connection, open_sender
 
 RESULT_QUEUE_SIZE = 4096
 COMMAND_QUEUE_SIZE = 16
@@ -75,17 +74,16 @@ class WorkerFailed:
     message: str
 
 
-async def _run_step(channel: grpc.aio.Channel, requests, command: StepCommand, stop, results, worker: int):
+async def _run_step(send: Send, requests, command: StepCommand, stop, results, worker: int):
     try:
-        await _drive(channel, requests, command, stop, results, worker)
+        await _drive(send, requests, command, stop, results, worker)
     except Exception:
         results.put(
             WorkerFailed(worker, f"worker {worker} failed in step {command.step}:\n{traceback.format_exc()}")
         )
 
 
-async def _drive(channel: grpc.aio.Channel, requests, command: StepCommand, stop, results, worker: int):
-    call = channel.unary_unary(INFER_METHOD)
+async def _drive(send: Send, requests, command: StepCommand, stop, results, worker: int):
     recorder = WindowRecorder(
         command.start_at + command.warmup_s,
         command.window_s,
@@ -94,7 +92,7 @@ async def _drive(channel: grpc.aio.Channel, requests, command: StepCommand, stop
     cpu_start, wall_start = time.process_time(), clock()
     if command.mode == CLOSED_LOOP:
         await run_closed_loop(
-            call,
+            send,
             requests,
             int(command.level),
             recorder,
@@ -105,7 +103,7 @@ async def _drive(channel: grpc.aio.Channel, requests, command: StepCommand, stop
         )
     else:
         await run_open_loop(
-            call,
+            send,
             requests,
             command.level,
             recorder,
@@ -121,49 +119,50 @@ async def _drive(channel: grpc.aio.Channel, requests, command: StepCommand, stop
     results.put(StepDone(worker, command.step, recorder.totals))
 
 
-async def _serve(worker: int, url: str, requests, connect_timeout_s: float, commands, results) -> None:
+async def _serve(worker: int, connection: Connection, requests, commands, results) -> None:
+    try:
+        async with open_sender(connection) as sender:
+            results.put(Ready(worker))
+            await _obey(sender.send, requests, commands, results, worker)
+    except TargetError as error:  # only opening raises it: step failures are reported by _run_step
+        results.put(WorkerFailed(worker, f"worker {worker}: {error}"))
+
+
+async def _obey(send: Send, requests, commands, results, worker: int) -> None:
+    """Run each step the parent commands until it sends None."""
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(url, options=CHANNEL_OPTIONS) as channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
-        except asyncio.TimeoutError:
-            results.put(
-                WorkerFailed(worker, f"worker {worker} cannot reach {url} within {connect_timeout_s:g} s")
-            )
-            return
-        results.put(Ready(worker))
-        step_task: asyncio.Task | None = None
-        step = -1
-        stop = asyncio.Event()
-        while True:
-            command = await loop.run_in_executor(None, commands.get)
-            if command is None:
-                break
-            if isinstance(command, StopStep):
-                if command.step == step:
-                    stop.set()
-                continue
-            if step_task is not None:
-                await step_task
-            step, stop = command.step, asyncio.Event()
-            step_task = asyncio.create_task(_run_step(channel, requests, command, stop, results, worker))
+    step_task: asyncio.Task | None = None
+    step = -1
+    stop = asyncio.Event()
+    while True:
+        command = await loop.run_in_executor(None, commands.get)
+        if command is None:
+            break
+        if isinstance(command, StopStep):
+            if command.step == step:
+                stop.set()
+            continue
         if step_task is not None:
-            stop.set()
             await step_task
+        step, stop = command.step, asyncio.Event()
+        step_task = asyncio.create_task(_run_step(send, requests, command, stop, results, worker))
+    if step_task is not None:
+        stop.set()
+        await step_task
 
 
-def worker_main(worker: int, url: str, requests, connect_timeout_s: float, commands, results) -> None:
+def worker_main(worker: int, connection: Connection, requests, commands, results) -> None:
     """Entry point of a worker thread or process."""
     try:
-        asyncio.run(_serve(worker, url, requests, connect_timeout_s, commands, results))
+        asyncio.run(_serve(worker, connection, requests, commands, results))
     except Exception:
         results.put(WorkerFailed(worker, f"worker {worker} crashed:\n{traceback.format_exc()}"))
 
 
-def worker_process_main(worker: int, url: str, requests, connect_timeout_s: float, commands, results) -> None:
+def worker_process_main(worker: int, connection: Connection, requests, commands, results) -> None:
     """Entry point of a worker process: Ctrl-C is the parent's to handle (it stops the step and closes us)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker_main(worker, url, requests, connect_timeout_s, commands, results)
+    worker_main(worker, connection, requests, commands, results)
 
 
 def split_level(mode: str, level: float, workers: int) -> list[float]:
@@ -178,7 +177,7 @@ def split_level(mode: str, level: float, workers: int) -> list[float]:
 class WorkerPool:
     """`n` workers: with n == 1 a thread of this process, otherwise spawned processes."""
 
-    def __init__(self, n: int, url: str, requests: tuple[bytes, ...], connect_timeout_s: float) -> None:
+    def __init__(self, n: int, connection: Connection, requests: tuple) -> None:
         self.n = n
         if n == 1:
             self.results = queue.Queue(RESULT_QUEUE_SIZE)
@@ -186,7 +185,7 @@ class WorkerPool:
             self.runners = [
                 threading.Thread(
                     target=worker_main,
-                    args=(0, url, requests, connect_timeout_s, self.commands[0], self.results),
+                    args=(0, connection, requests, self.commands[0], self.results),
                     name="loadtest-worker-0",
                     daemon=True,
                 )
@@ -198,13 +197,13 @@ class WorkerPool:
             self.runners = [
                 context.Process(
                     target=worker_process_main,
-                    args=(i, url, requests, connect_timeout_s, self.commands[i], self.results),
+                    args=(i, connection, requests, self.commands[i], self.results),
                     name=f"loadtest-worker-{i}",
                     daemon=True,
                 )
                 for i in range(n)
             ]
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s = connection.connect_timeout_s
 
     def start(self) -> None:
         for runner in self.runners:

@@ -4,6 +4,8 @@ runs of the client and serve-overhead sections (real servers on free 127.0.0.1 p
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -17,6 +19,8 @@ from bench.gpu import no_gpu_reason
 from bench.serve import compute_ratios, overhead_ratios
 from bench.serving import median_point
 from loadtest.scrape import scrape
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient, InferenceServerError
 
 SECTIONS = {"client", "client-api", "export", "serve-overhead", "serve-compute", "batching", "gpu"}
@@ -100,6 +104,93 @@ def test_null_server_answers_correctly_shaped_zeros_and_counts_them():
     assert metrics[("cnnserve_batch_size_sum", frozenset({("model", "m"), ("version", "1")}))] == 3
 
 
+def http_call(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one plain urllib request; error statuses are answers too."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def infer_body(rows: int, binary: bool) -> tuple[bytes, dict]:
+    data = np.ones((rows, 1, 8, 8), np.float32)
+    tensor = {"name": "input", "shape": list(data.shape), "datatype": "FP32"}
+    if not binary:
+        return json.dumps({"inputs": [{**tensor, "data": data.ravel().tolist()}]}).encode(), {}
+    tensor["parameters"] = {"binary_data_size": data.nbytes}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return header + data.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_null_server_http_front_end_answers_like_triton():
+    with null_server.running(model="m", shape=(1, 8, 8), classes=7, max_batch_size=4, http=True) as address:
+        base = f"{address.http}/v2/models/m"
+        status, _, body = http_call(base)
+        assert status == 200
+        inputs = {t["name"]: (t["datatype"], t["shape"]) for t in json.loads(body)["inputs"]}
+        assert inputs == {
+            "input": ("FP32", [-1, 1, 8, 8]),
+            "pixels": ("UINT8", [-1, 8, 8, 1]),
+            "image": ("BYTES", [-1]),
+        }
+        assert json.loads(http_call(f"{base}/versions/1/config")[2])["max_batch_size"] == 4
+        assert http_call(f"{address.http}/v2/health/ready")[0] == http_call(f"{base}/ready")[0] == 200
+
+        status, headers, body = http_call(f"{base}/infer", *infer_body(3, binary=True))
+        length = int(headers["inference-header-content-length"])
+        output = json.loads(body[:length])["outputs"][0]
+        assert status == 200 and output["shape"] == [3, 7] and output["parameters"]["binary_data_size"] == 84
+        assert not np.frombuffer(body[length:], np.float32).any() and len(body) - length == 84
+
+        status, _, body = http_call(f"{base}/infer", *infer_body(2, binary=False))
+        output = json.loads(body)["outputs"][0]
+        assert status == 200 and output["shape"] == [2, 7] and output["data"] == [0.0] * 14
+
+        status, _, body = http_call(f"{base}/infer", *infer_body(5, binary=False))
+        assert status == 400 and "outside 1..max_batch_size=4" in json.loads(body)["error"]
+        status, _, body = http_call(f"{address.http}/v2/models/other/infer", *infer_body(1, binary=False))
+        assert status == 404 and json.loads(body)["error"] == "model 'other' is not found"
+        assert http_call(f"{base}/infer", b"{not json")[0] == 400
+        metrics = scrape(address.metrics_url)
+    count = {
+        dict(labels)["outcome"]: v
+        for (name, labels), v in metrics.items()
+        if name == "cnnserve_requests_total" and dict(labels)["model"] in ("m", "_unknown") and v
+    }
+    assert count == {"success": 2, "invalid_argument": 2, "not_found": 1}
+
+
+def test_null_server_mimics_mlserver_and_restricts_inference():
+    with null_server.running(
+        model="m",
+        shape=(1, 8, 8),
+        http=True,
+        describe_inputs=False,
+        offer_config=False,
+        require_header=("x-key", "v"),
+    ) as address:
+        base = f"{address.http}/v2/models/m"
+        assert json.loads(http_call(base)[2])["inputs"] == []
+        assert http_call(f"{base}/config")[0] == 404
+        with grpc.insecure_channel(address.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert list(stub.ModelMetadata(pb.ModelMetadataRequest(name="m")).inputs) == []
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ModelConfig(pb.ModelConfigRequest(name="m"))
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            request = pb.ModelInferRequest(model_name="m", raw_input_contents=[bytes(256)])
+            request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ModelInfer(request)
+            assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert stub.ModelInfer(request, metadata=[("x-key", "v")]).outputs[0].shape == [1, 10]
+        body, headers = infer_body(1, binary=False)
+        assert http_call(f"{base}/infer", body, headers)[0] == 403
+        assert http_call(f"{base}/infer", body, {**headers, "X-Key": "v"})[0] == 200
+
+
 def test_quick_client_section_writes_figures_and_plot(tmp_path):
     assert bench_main(["--section", "client", "--quick", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "client.json").read_text())
@@ -175,6 +266,9 @@ def test_torch_export_repository_serves_through_the_closed_loop(tmp_path):
         (["--shape", "1,0,32"], "argument --shape: values must be positive"),
         (["--classes", "0"], "argument --classes: must be positive"),
         (["--max-batch-size", "two"], "argument --max-batch-size: expected a number"),
+        (["--require-header", "novalue"], "argument --require-header: expected KEY=VALUE"),
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
     ],
 )
 def test_null_server_rejects_bad_arguments_naming_the_flag(argv, message, capsys):

@@ -109,10 +109,11 @@ def test_open_loop_reaches_the_target_rate(server, tmp_path):
 
 
 def test_open_loop_reports_falling_behind(server, tmp_path):
-    # One request in flight at a time cannot keep 3000/s: requests go out late and the lag is in the latency.
+    # One request in flight at a time cannot keep 10000/s (a 0.1 ms round trip): requests go out late and the
+    # lag is in the latency. (At 3000/s a fast, idle machine could keep up: 0.33 ms round trips.)
     rc = run(
-        f"--url {server.grpc} --model null --rate 3000 --max-inflight 1 --quiet",
-        "--window 0.3 --windows 2 --warmup 0.1 --duration 0.6 --json",
+        f"--url {server.grpc} --model null --rate 10000 --max-inflight 1 --quiet",
+        "--window 0.1 --windows 2 --warmup 0.1 --duration 0.2 --json",
         tmp_path / "o.json",
     )
     assert rc == 0

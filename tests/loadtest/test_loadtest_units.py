@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from loadtest.inputs import encode_bytes_elements, is_batched, request_shape
+from loadtest.grpc_target import encode_request as encode_grpc_request
+from loadtest.http_target import encode_request as encode_http_request
+from loadtest.http_target import error_message, status_name
+from loadtest.inputs import InputOverrides, build_payloads, encode_bytes_elements, is_batched, request_shape
+from loadtest.model_spec import InputTensor
 from loadtest.options import CLOSED_LOOP, OPEN_LOOP, LoadTestOptions, UsageError
 from loadtest.recorder import OK, WindowData, WindowRecorder
 from loadtest.scrape import parse_metrics, server_split
@@ -15,6 +20,7 @@ from loadtest.stats import merge_windows, summarize_latencies
 from loadtest.target import ModelSpec, TensorSpec
 from loadtest.windows import ALL_FAILED, STABLE, TIME_BOUND, StabilityTracker, windows_agree
 from loadtest.workers import split_level
+from protos import grpc_service_pb2 as pb
 
 
 def test_recorder_emits_windows_in_order_once_closed_and_drained():
@@ -136,13 +142,17 @@ def spec(max_batch_size, shape=(-1, 3, 4, 4)) -> ModelSpec:
 
 
 def test_batch_resolution_and_limits():
-    assert request_shape(spec(8).inputs[0], 4, is_batched(spec(8), 4)) == (4, 3, 4, 4)
-    assert is_batched(spec(None), 2)  # no ModelConfig: the leading -1 is the batch
-    assert not is_batched(spec(0, (3, 4, 4)), 1)
+    shape = (-1, 3, 4, 4)
+    assert request_shape(spec(8).inputs[0], 4, is_batched(spec(8), 4, shape)) == (4, 3, 4, 4)
+    assert is_batched(spec(None), 2, shape)  # no ModelConfig: the leading -1 is the batch
+    assert is_batched(spec(None), 2, None)  # described nowhere: assumed to batch
+    assert not is_batched(spec(0, (3, 4, 4)), 1, (3, 4, 4))
     with pytest.raises(UsageError, match="exceeds model 'm''s max_batch_size 8"):
-        is_batched(spec(8), 9)
+        is_batched(spec(8), 9, shape)
     with pytest.raises(UsageError, match="does not batch"):
-        is_batched(spec(0, (3, 4, 4)), 2)
+        is_batched(spec(0, (3, 4, 4)), 2, (3, 4, 4))
+    with pytest.raises(UsageError, match="has no batch dimension"):
+        is_batched(spec(None, (3, 4, 4)), 2, (3, 4, 4))
     with pytest.raises(UsageError, match="variable dimensions"):
         request_shape(TensorSpec("input", "FP32", (-1, 3, -1, -1)), 1, True)
 
@@ -156,3 +166,141 @@ def test_options_validation_names_the_flag():
         LoadTestOptions(url="h:1", model="m", levels=(1.5,)).validate()
     with pytest.raises(UsageError, match="--url: expected HOST:PORT"):
         LoadTestOptions(url="grpc://h:1", model="m").validate()
+
+
+# Bytes per element, from the KServe v2 datatype table (not from numpy, which the code under test uses).
+ELEMENT_BYTES = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+}
+LITTLE_ENDIAN = {
+    "BOOL": "u1",
+    "UINT8": "u1",
+    "INT8": "i1",
+    "UINT16": "<u2",
+    "INT16": "<i2",
+    "FP16": "<f2",
+    "UINT32": "<u4",
+    "INT32": "<i4",
+    "FP32": "<f4",
+    "UINT64": "<u8",
+    "INT64": "<i8",
+    "FP64": "<f8",
+}
+
+
+def undescribed(max_batch_size=None) -> ModelSpec:
+    return ModelSpec("m", "1", "", (), (), max_batch_size)
+
+
+def sent_tensors(spec: ModelSpec, batch: int, **overrides) -> list[InputTensor]:
+    payloads = build_payloads(spec, batch, overrides=InputOverrides(**overrides), encode=lambda _, t: t)
+    return list(payloads.requests)
+
+
+@pytest.mark.parametrize("datatype", list(ELEMENT_BYTES))
+def test_random_payload_of_every_datatype(datatype):
+    (tensor, *others) = sent_tensors(undescribed(), 4, shapes={"x": (32, 32)}, datatypes={"x": datatype})
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("x", datatype, (4, 32, 32))
+    assert len(tensor.raw) == 4 * 32 * 32 * ELEMENT_BYTES[datatype]
+    values = np.frombuffer(tensor.raw, LITTLE_ENDIAN[datatype]).astype(np.float64)
+    assert values.tolist() == tensor.values.ravel().astype(np.float64).tolist()  # JSON sends the same values
+    assert others and all(other.raw != tensor.raw for other in others)  # several different requests
+    if datatype in ("FP16", "FP32", "FP64"):
+        assert abs(values.mean()) < 0.1 and 0.9 < values.std() < 1.1
+    elif datatype == "BOOL":
+        assert set(values) == {0, 1}
+    elif datatype == "UINT8":  # pixels: the whole range
+        assert values.min() >= 0 and values.max() <= 255 and values.max() > 250 and values.min() < 5
+    elif datatype == "INT8":
+        assert values.min() < -120 and values.max() > 120
+    else:  # wider integers: small non-negative values (indices, counts)
+        assert values.min() >= 0 and 200 < values.max() <= 255
+
+
+def test_shape_overrides_follow_the_metadata_and_the_batching():
+    described = ModelSpec("m", "", "", (TensorSpec("input", "FP32", (-1, 3, -1, -1)),), (), 8)
+    (tensor, *_) = sent_tensors(described, 2, shapes={"input": (3, 16, 24)})  # -1 dimensions are free
+    assert tensor.shape == (2, 3, 16, 24)
+    with pytest.raises(UsageError, match=r"fixes dimension 0 .* to 3"):
+        sent_tensors(described, 2, shapes={"input": (1, 16, 24)})
+    fixed = ModelSpec("m", "", "", (TensorSpec("input", "FP32", (3, 8)),), (), 0)  # does not batch
+    (tensor, *_) = sent_tensors(fixed, 1, shapes={"input": (3, 8)}, datatypes={"input": "FP16"})
+    assert (tensor.shape, tensor.datatype) == ((3, 8), "FP16")  # the full shape; the datatype overridden
+    with pytest.raises(UsageError, match=r"expected 2 dimensions \(the model does not batch\), got 3"):
+        sent_tensors(fixed, 1, shapes={"input": (1, 3, 8)})
+    (tensor, *_) = sent_tensors(undescribed(0), 1, shapes={"x": (5,)}, datatypes={"x": "INT64"})
+    assert tensor.shape == (5,)  # a config says it does not batch: no batch dimension added
+    with pytest.raises(UsageError, match="choose the one to send with --input"):
+        sent_tensors(undescribed(), 1, shapes={"a": (1,), "b": (1,)}, datatypes={"a": "FP32", "b": "FP32"})
+    (tensor, *_) = sent_tensors(
+        undescribed(), 1, input_name="b", shapes={"a": (1,), "b": (2,)}, datatypes={"a": "FP32", "b": "INT8"}
+    )
+    assert (tensor.name, tensor.shape) == ("b", (1, 2))
+
+
+def test_grpc_request_carries_raw_contents():
+    tensor = InputTensor("input", "UINT8", (1, 2), b"\x01\x02")
+    request = pb.ModelInferRequest.FromString(encode_grpc_request(ModelSpec("m", "3", "", (), (), 8), tensor))
+    assert (request.model_name, request.model_version) == ("m", "3")
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("input", "UINT8", [1, 2])]
+    assert list(request.raw_input_contents) == [b"\x01\x02"]
+
+
+def test_http_binary_and_json_bodies():
+    values = np.array([[1.5, -2.0]], np.float32)
+    tensor = InputTensor("input", "FP32", (1, 2), values.tobytes(), values)
+    binary = encode_http_request(tensor, binary=True)
+    header = json.loads(binary.body[: binary.header_length])
+    assert header == {
+        "inputs": [
+            {"name": "input", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    assert binary.body[binary.header_length :] == values.tobytes()
+    plain = encode_http_request(tensor, binary=False)
+    assert plain.header_length is None
+    assert json.loads(plain.body) == {
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.5, -2.0]}]
+    }
+    with pytest.raises(UsageError, match="--http-json"):
+        encode_http_request(InputTensor("image", "BYTES", (1,), b"\x00\x00\x00\x00"), binary=False)
+
+
+def test_http_statuses_map_to_the_grpc_names_triton_uses():
+    names = {status: status_name(status) for status in (400, 403, 404, 429, 500, 501, 503, 504, 418)}
+    assert names == {
+        400: "INVALID_ARGUMENT",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        501: "UNIMPLEMENTED",
+        503: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
+        418: "UNKNOWN",
+    }
+    assert error_message(400, b'{"error": "bad shape"}') == "HTTP 400: bad shape"
+    assert error_message(502, b"<html>Bad Gateway</html>") == "HTTP 502: <html>Bad Gateway</html>"
+
+
+def test_http_url_forms():
+    def address(url, **tls):
+        return LoadTestOptions(url=url, model="m", protocol="http", **tls).address
+
+    assert address("127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert address("127.0.0.1:8000", tls=True) == "https://127.0.0.1:8000"
+    assert address("https://example.com/") == "https://example.com"
+    assert LoadTestOptions(url="https://h:1", model="m", protocol="http").tls_settings() is not None
+    assert LoadTestOptions(url="h:1", model="m").tls_settings() is None
