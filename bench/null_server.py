@@ -7,9 +7,9 @@ It serves one model that advertises an FP32 ``input`` ``[-1, C, H, W]``, a UINT8
 ``[-1, H, W, C]`` and a BYTES ``image`` ``[-1]`` (``--no-inputs``: none, like MLServer serving an ONNX
 model) and answers every infer request with zero ``logits`` ``[batch, classes]``, without looking at the
 input's values. To be a fair floor for cnnserve it runs on the same frameworks with the same settings
-(grpc.aio with ``service.protocol.grpc_server.server_options``; Starlette served by uvicorn in the same event loop
-for HTTP) and counts requests the way cnnserve does: plain integers turned into metric families only at
-scrape time, so a request pays no metric locks. ``/metrics`` (named like cnnserve's) has
+(grpc.aio with ``service.protocol.grpc_server.server_options``; Starlette served by uvicorn in the same
+event loop for HTTP) and counts requests the way cnnserve does: plain integers turned into metric families
+only at scrape time, so a request pays no metric locks. ``/metrics`` (named like cnnserve's) has
 ``cnnserve_requests_total`` by outcome, ``cnnserve_inference_rows_total`` and ``cnnserve_batch_size``
 (each request is its own "batch"); there is no queue and no compute to time.
 
@@ -29,11 +29,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,166 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import uvicorn
 from google.protobuf import json_format
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
+from bench.null_core import NullCore, NullCounts, NullError, NullModel
+from bench.null_http import http_server
 from loadtest.cli import header, number_list, positive
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
-from service.errors import OUTCOMES
+from protos.wire import MAX_MESSAGE_BYTES
 from service.protocol.grpc_server import server_options
-from service.telemetry.stats import BATCH_BUCKETS, Histogram
-
-UNKNOWN_MODEL = "_unknown"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # cnnserve's default --max-message-bytes
-NULL_OUTCOMES = (*OUTCOMES, "permission_denied")
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-}
-HEADER_LENGTH = "inference-header-content-length"
-
-
-@dataclass(frozen=True)
-class NullModel:
-    name: str
-    version: str
-    shape: tuple[int, ...]  # C, H, W (no batch dimension)
-    classes: int
-    max_batch_size: int
-    describe_inputs: bool = True  # False: ModelMetadata lists no inputs
-    offer_config: bool = True  # False: no Triton ModelConfig (gRPC UNIMPLEMENTED, HTTP 404)
-
-    def inputs(self) -> list[tuple[str, str, list[int]]]:
-        if not self.describe_inputs:
-            return []
-        inputs = [("input", "FP32", [-1, *self.shape]), ("image", "BYTES", [-1])]
-        if len(self.shape) == 3:
-            c, h, w = self.shape
-            inputs.insert(1, ("pixels", "UINT8", [-1, h, w, c]))
-        return inputs
-
-
-class NullError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class NullCounts(Collector):
-    """The subset of cnnserve's metrics a do-nothing server can report truthfully, kept as plain
-    integers (updated on the event loop only) and exposed as metric families at scrape time."""
-
-    def __init__(self, model: NullModel) -> None:
-        self.model = model
-        self.outcomes = dict.fromkeys(NULL_OUTCOMES, 0)
-        self.unknown_model = dict.fromkeys(NULL_OUTCOMES, 0)
-        self.rows = 0
-        self.batch = Histogram(BATCH_BUCKETS)
-
-    def success(self, rows: int) -> None:
-        self.outcomes["success"] += 1
-        self.rows += rows
-        self.batch.observe(rows)
-
-    def collect(self) -> Iterator:
-        labels = [self.model.name, self.model.version]
-        requests = CounterMetricFamily(
-            "cnnserve_requests", "ModelInfer requests by outcome", labels=["model", "version", "outcome"]
-        )
-        for outcome, n in self.outcomes.items():
-            requests.add_metric([*labels, outcome], n)
-        for outcome, n in self.unknown_model.items():
-            requests.add_metric([UNKNOWN_MODEL, "", outcome], n)
-        rows = CounterMetricFamily("cnnserve_inference_rows", "Rows inferred", labels=["model", "version"])
-        rows.add_metric(labels, self.rows)
-        batch = HistogramMetricFamily("cnnserve_batch_size", "Rows per request", labels=["model", "version"])
-        buckets, total = self.batch.cumulative()
-        batch.add_metric(labels, buckets, total)
-        yield from (requests, rows, batch)
-
-
-class NullCore:
-    """What both front ends answer, transport-free: the model's description and the admission checks."""
-
-    def __init__(self, model: NullModel, counts: NullCounts, required_header: tuple[str, str] | None) -> None:
-        self.model = model
-        self.counts = counts
-        self.required_header = required_header
-
-    def known(self, name: str, version: str) -> bool:
-        return name == self.model.name and version in ("", self.model.version)
-
-    def require_model(self, name: str, version: str) -> None:
-        if not self.known(name, version):
-            shown = f"{name}" + (f" version {version}" if version else "")
-            raise NullError(grpc.StatusCode.NOT_FOUND, f"model '{shown}' is not found")
-
-    def metadata(self) -> dict:
-        m = self.model
-        return {
-            "name": m.name,
-            "versions": [m.version],
-            "platform": "null",
-            "inputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in m.inputs()],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, m.classes]}],
-        }
-
-    def config(self) -> dict:
-        """Triton's model configuration, in its JSON form."""
-        m = self.model
-        inputs = (
-            [{"name": "input", "data_type": "TYPE_FP32", "dims": list(m.shape)}] if m.describe_inputs else []
-        )
-        output = {"name": "logits", "data_type": "TYPE_FP32", "dims": [m.classes]}
-        return {
-            "name": m.name,
-            "platform": "null",
-            "max_batch_size": m.max_batch_size,
-            "input": inputs,
-            "output": [output],
-        }
-
-    def reject(self, outcome: str, code: grpc.StatusCode, message: str) -> NullError:
-        self.counts.outcomes[outcome] += 1
-        return NullError(code, message)
-
-    def authorize(self, header_value: str | None) -> None:
-        """Inference as Triton's restricted protocols guard it: first, before the request is read."""
-        if self.required_header is not None and header_value != self.required_header[1]:
-            message = f"inference requires the header '{self.required_header[0]}'"
-            raise self.reject("permission_denied", grpc.StatusCode.PERMISSION_DENIED, message)
-
-    def admit(self, name: str, version: str, shapes: list[list[int]]) -> int:
-        """Check one infer request; the rows it carries, or NullError (counted by outcome)."""
-        if not self.known(name, version):
-            self.counts.unknown_model["not_found"] += 1
-            self.require_model(name, version)
-        if len(shapes) != 1 or not shapes[0]:
-            raise self.reject(
-                "invalid_argument",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "expected exactly one input ('input', 'pixels' or 'image') with a batch dimension",
-            )
-        rows = shapes[0][0]
-        if not 1 <= rows <= self.model.max_batch_size:
-            raise self.reject(
-                "invalid_argument",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch size {rows} is outside 1..max_batch_size={self.model.max_batch_size}",
-            )
-        self.counts.success(rows)
-        return rows
 
 
 class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -263,103 +111,6 @@ class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def http_error(request: Request, error: NullError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=HTTP_STATUS[error.code])
-
-
-class NullHttp:
-    """The KServe v2 REST routes over the same core; infer replies are prepared once per batch size."""
-
-    def __init__(self, core: NullCore) -> None:
-        self.core = core
-        self._replies: dict[tuple[int, bool], Response] = {}
-
-    def app(self) -> Starlette:
-        routes = [
-            Route("/v2/health/live", self.ok),
-            Route("/v2/health/ready", self.ok),
-            Route("/v2", self.server),
-        ]
-        for model in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            routes += [
-                Route(model, self.metadata),
-                Route(f"{model}/ready", self.ready),
-                Route(f"{model}/infer", self.infer, methods=["POST"]),
-            ]
-            if self.core.model.offer_config:
-                routes.append(Route(f"{model}/config", self.config))
-        return Starlette(routes=routes, exception_handlers={NullError: http_error})
-
-    def _model(self, request: Request) -> tuple[str, str]:
-        return request.path_params["model"], request.path_params.get("version", "")
-
-    async def ok(self, request: Request) -> Response:
-        return Response(status_code=200)
-
-    async def server(self, request: Request) -> Response:
-        return JSONResponse(
-            {"name": "loadtest-null-server", "version": "0", "extensions": ["binary_tensor_data"]}
-        )
-
-    async def metadata(self, request: Request) -> Response:
-        self.core.require_model(*self._model(request))
-        return JSONResponse(self.core.metadata())
-
-    async def ready(self, request: Request) -> Response:
-        self.core.require_model(*self._model(request))
-        return Response(status_code=200)
-
-    async def config(self, request: Request) -> Response:
-        self.core.require_model(*self._model(request))
-        return JSONResponse(self.core.config())
-
-    async def infer(self, request: Request) -> Response:
-        required = self.core.required_header
-        self.core.authorize(request.headers.get(required[0]) if required else None)
-        body = await request.body()
-        try:
-            length = request.headers.get(HEADER_LENGTH)
-            document = json.loads(body[: int(length)] if length is not None else body)
-            shapes = [list(tensor["shape"]) for tensor in document["inputs"]]
-            binary = bool(document.get("parameters", {}).get("binary_data_output")) or any(
-                output.get("parameters", {}).get("binary_data") for output in document.get("outputs", ())
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            message = "malformed inference request JSON"
-            raise self.core.reject("invalid_argument", grpc.StatusCode.INVALID_ARGUMENT, message) from None
-        rows = self.core.admit(*self._model(request), shapes)
-        if "id" in document:
-            return self._reply(rows, binary, str(document["id"]))
-        if (rows, binary) not in self._replies:
-            self._replies[rows, binary] = self._reply(rows, binary)
-        return self._replies[rows, binary]
-
-    def _reply(self, rows: int, binary: bool, request_id: str | None = None) -> Response:
-        m = self.core.model
-        output = {"name": "logits", "datatype": "FP32", "shape": [rows, m.classes]}
-        document = {"model_name": m.name, "model_version": m.version, "outputs": [output]}
-        if request_id is not None:
-            document["id"] = request_id
-        if not binary:
-            output["data"] = [0.0] * (rows * m.classes)
-            return Response(json.dumps(document).encode(), media_type="application/json")
-        output["parameters"] = {"binary_data_size": 4 * rows * m.classes}
-        head = json.dumps(document).encode()
-        return Response(
-            head + bytes(4 * rows * m.classes),
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(len(head))},
-        )
-
-
-class EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside our event loop, beside grpc.aio: the process's signal handlers stay ours."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.null_server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -411,33 +162,6 @@ def grpc_server(core: NullCore, args: argparse.Namespace) -> tuple[grpc.aio.Serv
     if port == 0:
         raise SystemExit(f"null_server: cannot listen on {address}")
     return server, port
-
-
-def http_server(core: NullCore, args: argparse.Namespace) -> tuple[EmbeddedUvicorn, socket.socket]:
-    config = uvicorn.Config(
-        NullHttp(core).app(),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-        ssl_ca_certs=args.tls_client_ca,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if args.tls_client_ca else ssl.CERT_NONE,
-    )
-    config.load()  # unreadable TLS files fail here, before the banner
-    return EmbeddedUvicorn(config), listening_socket(args.host, args.http_port)
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound and listening before the banner (a client that connects early waits in the backlog).
-    Made from getaddrinfo's answer, not socket.create_server: asyncio turns Nagle off only on sockets
-    whose proto says TCP, and create_server's say 0, which costs every response a delayed ACK (40 ms)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    sock.listen(socket.SOMAXCONN)
-    return sock
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -23,21 +23,9 @@ import numpy as np
 from loadtest.errors import UsageError
 from loadtest.grpc_target import encode_request as encode_grpc_request
 from loadtest.model_spec import InputTensor, ModelSpec, TensorSpec
+from protos.wire import NUMPY_DTYPES
 
-NUMPY_TYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
+NUMPY_TYPES = NUMPY_DTYPES  # KServe v2 datatype -> numpy (protos.wire: the one table)
 # Inclusive ranges of random integers: 8-bit types span their range (UINT8 is pixels); wider integers are
 # indices or counts more often than not, so they stay small and non-negative.
 INTEGER_RANGES = {"UINT8": (0, 255), "INT8": (-128, 127)}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from loadtest.errors import TargetError, UsageError
 from loadtest.security import TlsSettings, check_header
+from protos.wire import NUMPY_DTYPES
 
 __all__ = ["CLOSED_LOOP", "GRPC", "HTTP", "OPEN_LOOP", "LoadTestOptions", "TargetError", "UsageError"]
 
@@ -16,9 +17,7 @@ OPEN_LOOP = "open"
 GRPC = "grpc"
 HTTP = "http"
 # The KServe v2 datatypes a random tensor can be drawn for (BYTES inputs take files: --images).
-RANDOM_DATATYPES = (
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
-)  # fmt: skip
+RANDOM_DATATYPES = tuple(NUMPY_DTYPES)
 
 
 @dataclass(frozen=True)
