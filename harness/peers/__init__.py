@@ -1,0 +1,5 @@
+"""Peer servers (placeholder docstring)."""
+
+from harness.peers.common import OnnxModel, PeerServer, PeerUnavailable
+
+__all__ = ["OnnxModel", "PeerServer", "PeerUnavailable"]
