@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +138,7 @@ class PeerServer:
     metrics_url: str | None  # the Prometheus endpoint, None where metrics are off
     log_path: Path
     models: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # how it was configured, e.g. declare_inputs (MLServer)
     stop_timeout: float = 15.0
 
     def log(self) -> str:
@@ -149,9 +150,15 @@ class PeerServer:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def wait_http(self, path: str, timeout: float, what: str) -> None:
+    def wait_http(
+        self,
+        path: str,
+        timeout: float,
+        what: str,
+        check: Callable[[PeerServer], str | None] | None = None,
+    ) -> None:
         """Until GET ``http_url + path`` answers 200; PeerUnavailable (with the log's tail) if the process
-        exits first or ``timeout`` s pass."""
+        exits first, ``check`` returns a reason, or ``timeout`` s pass."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -161,6 +168,10 @@ class PeerServer:
                 )
             if http_ok(self.http_url + path):
                 return
+            reason = check(self) if check is not None else None
+            if reason:
+                self.stop()
+                raise PeerUnavailable(f"{reason}; log {self.log_path}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise PeerUnavailable(
