@@ -16,8 +16,8 @@ wrong (no registry, no stub for this Python, a server that does not come up) rai
 
 Serve one model by hand (until Ctrl-C; prints the gRPC/HTTP/metrics addresses and the log path)::
 
-    python -m harness.peers serve triton --onnx model_repository/lenet5/1/model.onnx [--preferred-batch-size 8]
-    python -m harness.peers serve mlserver --onnx model_repository/lenet5/1/model.onnx [--no-declared-inputs]
+    python -m harness.peers serve triton --onnx model_repository/lenet5/1/model.onnx --preferred-batch-size 8
+    python -m harness.peers serve mlserver --onnx model_repository/lenet5/1/model.onnx --no-declared-inputs
 
 From Python::
 

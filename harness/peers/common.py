@@ -83,8 +83,9 @@ class OnnxModel:
             return tuple(d.dim_value for d in value.type.tensor_type.shape.dim[1:])
 
         (out,) = graph.output[:1]
+        in_version_folder = path.parent.name.isdigit()  # <repo>/<model>/<version>/model.onnx
         return cls(
-            name=name or path.parent.parent.name or path.stem,
+            name=name or (path.parent.parent.name if in_version_folder else path.stem),
             path=path,
             dims=static_dims(inputs[0]),
             classes=static_dims(out)[0],
@@ -94,16 +95,24 @@ class OnnxModel:
         )
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the harness process dies, so no server outlives a crashed
-    test run (Linux prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A function for the child, between fork and exec, that asks Linux to SIGTERM it when the thread
+    that started it dies, so no server outlives a crashed test run. libc is resolved here, in the parent:
+    loading a library in the child of a threaded process could deadlock."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def launch(cmd: Sequence[str], log_path: Path, *, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """Start ``cmd`` in a process group of its own (so its helpers can be stopped with it), stdout and
-    stderr into ``log_path``."""
+    stderr into ``log_path``. It gets SIGTERM if the calling thread exits first: start servers from a
+    thread that outlives them (the main thread, in tests and benchmarks)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         return subprocess.Popen(
@@ -114,7 +123,7 @@ def launch(cmd: Sequence[str], log_path: Path, *, env: dict[str, str], cwd: Path
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_death_signal_setter(),
         )
 
 
@@ -138,7 +147,7 @@ class PeerServer:
     metrics_url: str | None  # the Prometheus endpoint, None where metrics are off
     log_path: Path
     models: list[str] = field(default_factory=list)
-    options: dict = field(default_factory=dict)  # how it was configured, e.g. declare_inputs (MLServer)
+    options: dict = field(default_factory=dict)  # how it was configured (MLServer: declared_inputs, ...)
     stop_timeout: float = 15.0
 
     def log(self) -> str:

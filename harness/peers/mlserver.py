@@ -183,6 +183,7 @@ def start(
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
             log_path=log_path,
             models=sorted(p.parent.name for p in root.glob("*/model-settings.json")),
+            options=_options(root),
         )
         try:
             server.wait_http("/v2/health/ready", ready_timeout, "ready", check=_failed_models)
@@ -198,6 +199,19 @@ def start(
             raise PeerUnavailable(f"mlserver did not load {missing}; log {log_path}:\n{server.log_tail()}")
         return server
     raise AssertionError("unreachable")
+
+
+def _options(root: Path) -> dict:
+    """Per model, as its model-settings.json says: whether ModelMetadata lists the inputs, and the adaptive
+    batching (max_batch_size, max_batch_time) or None."""
+    declared, batching = {}, {}
+    for path in sorted(root.glob("*/model-settings.json")):
+        settings = json.loads(path.read_text())
+        name = settings.get("name") or path.parent.name
+        declared[name] = bool(settings.get("inputs"))
+        size, time_s = settings.get("max_batch_size", 0), settings.get("max_batch_time", 0.0)
+        batching[name] = (size, time_s) if size > 1 and time_s > 0 else None
+    return {"declared_inputs": declared, "adaptive_batching": batching}
 
 
 def _failed_models(server: PeerServer) -> str | None:
@@ -236,7 +250,7 @@ def serve_onnx(
             adaptive_batch_time_s=adaptive_batch_time_s,
             intra_op_threads=intra_op_threads,
         )
-    server = start(
+    return start(
         install,
         root,
         log_path=Path(work_dir) / "mlserver.log",
@@ -244,5 +258,3 @@ def serve_onnx(
         parallel_workers=parallel_workers,
         ready_timeout=ready_timeout,
     )
-    server.options.update(declare_inputs=declare_inputs, adaptive_batch_size=adaptive_batch_size)
-    return server

@@ -65,6 +65,7 @@ def test_metadata_with_and_without_declared_inputs(mlserver_lenet, tmp_path):
     assert tensors(declared, "outputs") == [("logits", "FP32", ["-1", "10"])]
     assert (bare["name"], bare["platform"]) == (BARE, "onnxruntime")
     assert tensors(bare, "inputs") == [] and tensors(bare, "outputs") == []
+    assert mlserver_lenet.options["declared_inputs"] == {"lenet5": True, BARE: False}
 
 
 def test_our_client_infers(mlserver_lenet, lenet5_onnx):
@@ -95,6 +96,7 @@ def test_adaptive_batching_keeps_rows_apart(mlserver_install, lenet5_onnx, tmp_p
         unavailable("mlserver", e)
     with server:
         assert server.metrics_url is None
+        assert server.options["adaptive_batching"] == {"lenet5": (8, 0.05)}
         settings = json.loads((tmp_path / "mlserver_models" / "lenet5" / "model-settings.json").read_text())
         assert (settings["max_batch_size"], settings["max_batch_time"]) == (8, 0.05)
         x = batch(8, seed=6)
