@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -158,6 +159,25 @@ class PeerServer:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def repository_index(self) -> list[dict]:
+        """The repository extension over HTTP (Triton and MLServer both have it): name, version, state
+        and reason of every model the server knows."""
+        request = urllib.request.Request(
+            self.http_url + "/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def unready_models(self) -> dict[str, str] | None:
+        """Model name -> reason for every model not READY (None if the server does not answer)."""
+        try:
+            index = self.repository_index()
+        except (OSError, ValueError):
+            return None
+        return {
+            m["name"]: m.get("reason", "") for m in index if m.get("state") not in ("READY", "State.READY")
+        }
 
     def wait_http(
         self,

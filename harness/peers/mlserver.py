@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,14 +145,6 @@ def server_settings(
     }
 
 
-def repository_index(server: PeerServer) -> list[dict]:
-    request = urllib.request.Request(
-        server.http_url + "/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def start(
     install: MLServerInstall,
     root: Path,
@@ -215,12 +206,9 @@ def _options(root: Path) -> dict:
 
 
 def _failed_models(server: PeerServer) -> str | None:
-    """A reason when a model has failed to load (MLServer keeps running, never ready)."""
-    try:
-        index = repository_index(server)
-    except OSError:
-        return None  # not listening yet
-    failed = {m["name"]: m.get("reason", "") for m in index if m.get("state") == "UNAVAILABLE"}
+    """A reason when a model has failed to load while the server waits to be ready."""
+    unready = server.unready_models() or {}
+    failed = {name: reason for name, reason in unready.items() if reason}
     return f"mlserver did not load {failed}" if failed else None
 
 

@@ -12,11 +12,9 @@ runs the file on onnxruntime CPU, behind Triton's gRPC/HTTP front end and dynami
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +205,8 @@ def start(
     """``tritonserver`` on ``repo_dirs`` with free 127.0.0.1 ports, every config checked as written
     (``--disable-auto-complete-config``), strict readiness. ``wait``: "ready" (every model loaded),
     "live" (the server up, every model tried: Triton loads the repository before it listens) or None."""
+    if wait not in ("ready", "live", None):
+        raise ValueError(f"wait must be 'ready', 'live' or None, not {wait!r}")
     repos = [repo_dirs] if isinstance(repo_dirs, (str, os.PathLike)) else list(repo_dirs)
     log_path = Path(log_path)
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -254,22 +254,11 @@ def start(
                 raise
             continue
         if wait == "ready" and not http_ok(server.http_url + "/v2/health/ready"):
-            failed = {
-                m["name"]: m.get("reason", "") for m in repository_index(server) if m.get("state") != "READY"
-            }
+            failed = server.unready_models()
             server.stop()
             raise PeerUnavailable(f"triton did not load {failed}; log {log_path}:\n{server.log_tail()}")
         return server
     raise AssertionError("unreachable")
-
-
-def repository_index(server: PeerServer) -> list[dict]:
-    """Triton's repository index over HTTP: name, version, state and reason of every model."""
-    request = urllib.request.Request(
-        server.http_url + "/v2/repository/index", data=b"{}", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def serve_onnx(
