@@ -143,7 +143,10 @@ def _run(cmd: Sequence[str], what: str, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         raise PeerUnavailable(f"{what}: no result after {timeout:.0f}s ({' '.join(cmd)})") from None
     if done.returncode != 0:
-        output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+        lines = (done.stdout + "\n" + done.stderr).strip().splitlines()
+        # pip's errors and retries say why; other warnings (ignored mirrors, ...) would bury them
+        telling = [line for line in lines if line.startswith(("ERROR", "WARNING: Retrying"))]
+        output = "\n".join((telling or lines)[-25:])
         raise PeerUnavailable(f"{what} failed (exit {done.returncode}):\n{output}")
 
 
