@@ -160,6 +160,17 @@ class PeerServer:
     def running(self) -> bool:
         return self.proc.poll() is None
 
+    def processes(self) -> list[int]:
+        """Pids of the server's process group: the server and its helpers (Triton's Python-backend stubs,
+        MLServer's inference-pool workers). Linux /proc; empty elsewhere."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+                if int(fields[2]) == self.proc.pid:  # pgrp
+                    pids.append(int(stat.parent.name))
+        return sorted(pids)
+
     def repository_index(self) -> list[dict]:
         """The repository extension over HTTP (Triton and MLServer both have it): name, version, state
         and reason of every model the server knows."""

@@ -31,7 +31,9 @@ from harness.peers.common import (
 from harness.peers.install import BasePython, VenvSpec, ensure_venv
 
 MLSERVER = "mlserver==1.7.1"
-REQUIREMENTS = (MLSERVER, "onnxruntime==1.22.1")
+# uvloop 0.22 made asyncio.get_event_loop() raise where no loop runs yet, which MLServer 1.7.1's inference
+# pool workers call at start: with a newer uvloop, parallel_workers >= 1 loads no model.
+REQUIREMENTS = (MLSERVER, "onnxruntime==1.22.1", "uvloop<0.22")
 LAYOUT = 1
 RUNTIME_FILE = Path(__file__).with_name("mlserver_runtime.py")
 RUNTIME_MODULE = "cnnserve_onnx_runtime"

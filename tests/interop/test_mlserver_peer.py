@@ -115,3 +115,17 @@ def test_loadtest_reads_declared_inputs(mlserver_lenet, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (step,) = json.loads(report.read_text())["steps"]
     assert step["totals"]["sent"] == step["totals"]["ok"] > 0 and step["totals"]["errors"] == {}
+
+
+def test_parallel_workers_only_when_asked(mlserver_lenet, mlserver_install, lenet5_onnx, tmp_path):
+    """The fixture's server (parallel_workers 0) runs the model in the server process; asked for one
+    worker, MLServer starts its inference pool and still answers with onnxruntime's logits."""
+    assert mlserver_lenet.processes() == [mlserver_lenet.proc.pid]
+    try:
+        server = mlserver.serve_onnx([lenet5_onnx], tmp_path, install=mlserver_install, parallel_workers=1)
+    except PeerUnavailable as e:
+        unavailable("mlserver", e)
+    x = batch(2, seed=7)
+    with server, InferenceClient(server.grpc_address, timeout=30) as client:
+        assert_logits_match(client.infer("lenet5", x), reference_logits(lenet5_onnx, x))
+        assert len(server.processes()) > 1  # the server and its worker(s)

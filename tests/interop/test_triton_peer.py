@@ -82,6 +82,7 @@ def test_our_client_works_unchanged(triton_lenet, lenet5_onnx):
         config = client.model_config("lenet5")
         assert (config.name, config.backend, config.max_batch_size) == ("lenet5", "python", 32)
         assert client.server_metadata().name == "triton"
+    assert len(triton_lenet.processes()) == 2  # tritonserver and the model instance's Python stub
 
 
 def test_dynamic_batcher_merges_concurrent_requests(triton_install, lenet5_onnx, tmp_path):
