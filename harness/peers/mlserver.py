@@ -168,6 +168,7 @@ def start(
         )
         (root / "settings.json").write_text(json.dumps(settings, indent=2))
         cmd = [str(install.venv / "bin" / "mlserver"), "start", str(root)]
+        options = {**_options(root), "parallel_workers": parallel_workers}
         server = PeerServer(
             peer="mlserver",
             proc=launch(cmd, log_path, env=install.env(), cwd=root),
@@ -175,8 +176,8 @@ def start(
             http_url=f"http://127.0.0.1:{http}",
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
             log_path=log_path,
-            models=sorted(p.parent.name for p in root.glob("*/model-settings.json")),
-            options=_options(root),
+            models=sorted(options["declared_inputs"]),
+            options=options,
         )
         try:
             server.wait_http("/v2/health/ready", ready_timeout, "ready", check=_failed_models)
