@@ -1,0 +1,5 @@
+import sys
+
+from harness.peers.cli import main
+
+sys.exit(main())
