@@ -30,6 +30,7 @@ class ServerProcess:
     metrics_url: str
     log_path: Path
     clients: list = field(default_factory=list)
+    health_address: str | None = None  # cnnserve's health port
 
     def client(self, **kwargs):
         from service.client import InferenceClient
@@ -65,8 +66,10 @@ def start_process(
     ready_service: str | None = "",
     ready_timeout: float = 120,
     env: dict[str, str] | None = None,
+    health_address: str | None = None,
 ) -> ServerProcess:
-    """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady)."""
+    """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady), asked
+    on ``health_address`` (default: ``address``)."""
     from service.healthcheck import check
 
     with open(log_path, "w") as log:
@@ -77,13 +80,13 @@ def start_process(
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-    server = ServerProcess(proc, address, metrics_url, log_path)
+    server = ServerProcess(proc, address, metrics_url, log_path, health_address=health_address)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{server.log()}")
         if ready_service is not None:
-            ready, _ = check(address, ready_service, timeout=1.0)
+            ready, _ = check(health_address or address, ready_service, timeout=1.0)
         else:
             ready = _server_ready(address)
         if ready:
@@ -113,8 +116,9 @@ def _server_ready(address: str) -> bool:
 def start_server(
     repo: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 120
 ) -> ServerProcess:
-    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING."""
-    grpc_port, metrics_port = free_port(), free_port()
+    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING on its
+    health port."""
+    grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -127,6 +131,8 @@ def start_server(
         str(grpc_port),
         "--metrics-port",
         str(metrics_port),
+        "--health-port",
+        str(health_port),
         *args,
     ]
     return start_process(
@@ -136,4 +142,5 @@ def start_server(
         Path(log_dir) / f"server-{grpc_port}.log",
         env=env,
         ready_timeout=ready_timeout,
+        health_address=f"127.0.0.1:{health_port}",
     )

@@ -20,11 +20,12 @@ FORMATS = {
 TORCH_BACKEND = "pytorch"
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# The tensors of a served CNN (docs/ARCHITECTURE.md): the artifact's input and output, and the two
+# The tensors of a served CNN (docs/ARCHITECTURE.md): the artifact's input and output, and the
 # inputs the server derives from it.
 INPUT_NAME = "input"  # FP32 [N, C, H, W], already normalized
 OUTPUT_NAME = "logits"  # FP32 [N, classes]
 IMAGE_INPUT = "image"  # BYTES [N]: one encoded image per row, decoded and normalized by the server
+PIXELS_INPUT = "pixels"  # UINT8 [N, H, W, C] at the model's input size, normalized by the server
 BATCH_AXIS = "batch"  # the dynamic axis name of every artifact
 
 

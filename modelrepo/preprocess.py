@@ -7,6 +7,8 @@ transform, or straight to HxW), colour conversion, scale to [0, 1], normalize pe
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COLOR_MODES = {"RGB": 3, "L": 1}
+IMAGE_FORMATS = ("JPEG", "PNG")  # what the server decodes unless a manifest says otherwise
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,21 @@ class InputSpec:
     std: tuple[float, ...]
     color: str = "RGB"  # PIL mode the image is converted to: "RGB" or "L"
     resize: int | None = None  # shorter side resized to this, then centre crop; None: straight to HxW
+    image_formats: tuple[str, ...] = IMAGE_FORMATS  # encoded formats the server accepts (Pillow's names)
 
     def __post_init__(self) -> None:
+        for name in ("channels", "height", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std must be numbers, got {self.mean!r} and {self.std!r}")
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std values must be > 0, got {self.std!r}")
+        if self.resize is not None and (isinstance(self.resize, bool) or not isinstance(self.resize, int)):
+            raise ValueError(f"resize must be an integer or null, got {self.resize!r}")
+        if not self.image_formats or not all(isinstance(f, str) for f in self.image_formats):
+            raise ValueError(f"image_formats must be a non-empty list of names, got {self.image_formats!r}")
         if COLOR_MODES.get(self.color) != self.channels:
             raise ValueError(f"color {self.color!r} does not give {self.channels} channels")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -42,15 +58,22 @@ class InputSpec:
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
+    @property
+    def pixels_shape(self) -> tuple[int, int, int]:
+        """The ``pixels`` input of one row: H, W, C."""
+        return (self.height, self.width, self.channels)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["mean"], d["std"], d["image_formats"] = list(self.mean), list(self.std), list(self.image_formats)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        """From a manifest's ``preprocessing`` (manifests written before ``image_formats``: the default)."""
         try:
-            return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+            tuples = {k: tuple(d[k]) for k in ("mean", "std", "image_formats") if k in d}
+            return cls(**{**d, **tuples})
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a preprocessing spec: {d!r} ({e})") from None
 
@@ -59,22 +82,80 @@ IMAGENET_INPUT = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "RGB", resi
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not an image Pillow can decode."""
+    """The bytes are not an image the server accepts (format, size, mode, or corrupt data)."""
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded JPEG/PNG/... bytes; raise :class:`ImageDecodeError` with the reason."""
+def open_image(
+    data: bytes, formats: Sequence[str] | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Identify an encoded image from its header (no pixels decoded yet): only ``formats`` (Pillow's names,
+    e.g. JPEG, PNG; None: any) and at most ``max_pixels`` pixels."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from None
+        img = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
+    except UnidentifiedImageError:
+        accepted = f"one of {', '.join(formats)}" if formats else "an image"
+        raise ImageDecodeError(f"cannot decode image: {len(data)} bytes are not {accepted}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"cannot read the image header ({len(data)} bytes): {e}") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(f"{img.format} image has no pixels ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageDecodeError(
+            f"{img.format} image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels"
+        )
     return img
 
 
-def preprocess_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    """PIL image -> float32 array of shape ``spec.shape``, normalized."""
-    img = img.convert(spec.color)
+def _draft_size(w: int, h: int, spec: InputSpec) -> tuple[int, int]:
+    """The smallest size the preprocessing can start from without losing detail it keeps."""
+    if spec.resize is None:
+        return spec.width, spec.height
+    scale = spec.resize / min(w, h)
+    return max(spec.width, math.ceil(w * scale)), max(spec.height, math.ceil(h * scale))
+
+
+def load_image(img: Image.Image, spec: InputSpec) -> Image.Image:
+    """Decode an opened image for ``spec``: its first frame (animated images), JPEGs at the largest DCT
+    reduction (1/2, 1/4, 1/8) that still holds the size the preprocessing keeps, in ``spec.color``."""
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if img.format == "JPEG":
+            img.draft(img.mode, _draft_size(*img.size, spec))
+        img.load()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"cannot decode {img.format} image: {e}") from None
+    return to_color(img, spec.color)
+
+
+def to_color(img: Image.Image, color: str) -> Image.Image:
+    """``img`` in ``color`` (RGB or L), never silently mis-scaled: 16-bit greyscale is scaled to 8 bits
+    (Pillow's own conversion would clip it), palette images go through RGBA, alpha is dropped (as
+    torchvision's ImageFolder does), CMYK is converted; float images are refused."""
+    mode = img.mode
+    if mode == color:
+        return img
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):
+        wide = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((wide * 255 // 65535).astype(np.uint8), mode="L")
+    elif mode in ("I", "F"):
+        raise ImageDecodeError(f"{img.format} image has {mode!r} pixels (32-bit); send an 8 or 16-bit image")
+    elif mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img if img.mode == color else img.convert(color)
+
+
+def decode_image(
+    data: bytes, spec: InputSpec, formats: Sequence[str] | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Encoded bytes -> a decoded image in ``spec.color``; raises :class:`ImageDecodeError` saying why."""
+    return load_image(open_image(data, formats, max_pixels), spec)
+
+
+def to_pixels(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A decoded image resized (and centre-cropped) to the model's input: uint8 [H, W, C]."""
+    img = to_color(img, spec.color)
     if spec.resize is None:
         img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
     else:
@@ -84,12 +165,26 @@ def preprocess_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
         left, top = (new_w - spec.width) // 2, (new_h - spec.height) // 2
         img = img.crop((left, top, left + spec.width, top + spec.height))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def preprocess_bytes(data: bytes, spec: InputSpec) -> np.ndarray:
-    return preprocess_image(decode_image(data), spec)
+def normalize_pixels(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 [N, H, W, C] pixels -> the network's float32 [N, C, H, W] input: scaled to [0, 1], then
+    normalized per channel with the spec's mean and std. The server's ``pixels`` input and every image
+    path go through this one function."""
+    arr = pixels.astype(np.float32) / 255.0
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(((arr - mean) / std).transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def preprocess_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """PIL image -> float32 array of shape ``spec.shape``, normalized."""
+    return normalize_pixels(to_pixels(img, spec)[None], spec)[0]
+
+
+def preprocess_bytes(
+    data: bytes, spec: InputSpec, formats: Sequence[str] | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    return preprocess_image(decode_image(data, spec, formats, max_pixels), spec)

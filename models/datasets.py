@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modelrepo.preprocess import InputSpec, preprocess_image
+from modelrepo.preprocess import ImageDecodeError, InputSpec, decode_image, preprocess_image
 
 SPLIT_SEED = 0
 HELDOUT_FRACTION = 0.2
@@ -52,9 +52,8 @@ class ImageSet:
         if isinstance(item, Image.Image):
             return item
         try:
-            with Image.open(item) as img:
-                return img.copy()  # decoded pixels, independent of the file handle closed here
-        except OSError as e:
+            return decode_image(Path(item).read_bytes(), self.spec)  # as the server decodes it
+        except (OSError, ImageDecodeError) as e:
             raise DatasetError(f"cannot read image {item}: {e}") from None
 
     def subset(self, indices: Sequence[int]) -> ImageSet:

@@ -23,6 +23,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 PROTOS = {
     "model_config.proto": False,
     "grpc_service.proto": True,
+    "health.proto": True,
 }
 
 # The only generated line allowed to differ between grpcio-tools releases

@@ -1,32 +1,31 @@
 """The server's lifecycle: start, load models, serve, and drain on SIGTERM.
 
-Startup: the gRPC port opens at once (liveness answers during long loads); health ``""`` and
-``inference.GRPCInferenceService`` turn SERVING when the startup models are loaded and warmed up.
-SIGTERM/SIGINT: those turn NOT_SERVING first, new inference requests get UNAVAILABLE, queued and in-flight
-requests finish within the grace period, then the process exits 0.
+Startup: the ports open at once (liveness answers during long loads); readiness turns true when the
+startup models are loaded and warmed up. SIGTERM/SIGINT: readiness turns false first, new inference
+requests get UNAVAILABLE, queued and in-flight requests finish within the grace period, then the process
+exits 0. Health is answered from :class:`HealthState` on the gRPC port, on the health port and on the
+metrics port's HTTP paths; the last two never wait for the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import signal
 import time
 
-from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
-
-from service.dataplane.plane import DataPlane
-from service.protocol.grpc_server import LIVENESS, SERVICE_NAME, build_server
+from service.cpus import cpu_budget
+from service.dataplane.plane import DataPlane, Limits
+from service.protocol.grpc_server import address_of, build_server
+from service.protocol.health import RESERVED_NAMES, HealthServer, HealthState, heartbeat, http_probe
+from service.protocol.security import grpc_server_credentials, parse_restrictions
 from service.serving import ModelManager
-from service.settings import Settings
+from service.settings import Settings, SettingsError
+from service.telemetry.endpoint import serve_endpoint
 from service.telemetry.prometheus import ServerMetrics
 
 log = logging.getLogger("service")
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Server:
@@ -35,42 +34,83 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = ServerMetrics()
-        self.health = health_aio.HealthServicer()
-        self.manager = ModelManager(settings, self.metrics, on_change=self._model_changed)
-        self.plane = DataPlane(self.manager, self.metrics, decode_threads=os.cpu_count() or 1)
-        self.metrics_server = None
+        try:
+            self.restrictions = parse_restrictions(settings.restricted_protocol)
+        except ValueError as e:
+            raise SettingsError(f"--restricted-protocol: {e}") from None
+        self.cpus = cpu_budget()
+        self.health = HealthState()
+        self.metrics = ServerMetrics(loop_lag=lambda: self.health.loop_lag)
+        self.manager = ModelManager(
+            settings,
+            self.metrics,
+            on_change=self._model_changed,
+            cpus=self.cpus.cpus,
+            reserved_names=RESERVED_NAMES,
+        )
+        limits = Limits(
+            max_inflight=settings.max_inflight,
+            max_inflight_bytes=settings.max_inflight_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            decode_threads=self.cpus.cpus,
+        )
+        self.plane = DataPlane(self.manager, self.metrics, limits)
+        self.health_server = HealthServer(self.health)
+        self.endpoint = None
         self.grpc = None
+        self._heartbeat: asyncio.Task | None = None
 
-    async def _model_changed(self, name: str, ready: bool) -> None:
-        await self.health.set(name, SERVING if ready and not self.plane.draining else NOT_SERVING)
+    async def _model_changed(self, name: str) -> None:
+        versions = () if self.plane.draining else tuple(v.version_str for v in self.manager.versions_of(name))
+        self.health.set_model(name, versions)
+        self._update_readiness()
 
-    async def _set_ready(self, ready: bool) -> None:
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, SERVING if ready else NOT_SERVING)
+    def _update_readiness(self) -> None:
+        self.health.set_ready(self.plane.ready)
 
     async def start(self) -> None:
-        """Open the metrics and gRPC ports (liveness answers at once; readiness once models are loaded)."""
+        """Open the metrics, health and gRPC ports (liveness answers at once; readiness once models are
+        loaded)."""
         settings = self.settings
+        log.info("CPU budget: %s", self.cpus.describe())
         try:
-            self.metrics_server, metrics_port = self.metrics.serve(settings.host, settings.metrics_port)
+            self.endpoint, metrics_port = serve_endpoint(
+                self.metrics.registry, http_probe(self.health), settings.host, settings.metrics_port
+            )
         except OSError as e:
             raise OSError(
                 f"cannot serve metrics on {settings.host}:{settings.metrics_port} (port in use?): {e}"
             ) from None
-        log.info("metrics on http://%s:%d/metrics", settings.host, metrics_port)
-        await self._set_ready(False)
-        await self.health.set(LIVENESS, SERVING)
+        log.info(
+            "metrics and HTTP health on http://%s:%d (/metrics, /v2/health/ready)",
+            settings.host,
+            metrics_port,
+        )
+        credentials = None
+        if settings.tls_cert is not None:
+            credentials = grpc_server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        # Plaintext even when the gRPC port has TLS: the kubelet's gRPC probes speak no TLS, and the port
+        # tells nothing but SERVING or NOT_SERVING.
+        health_port = self.health_server.start(address_of(settings.host, settings.health_port))
+        log.info("gRPC health on %s:%d (answered apart from inference)", settings.host, health_port)
+        self._heartbeat = asyncio.get_running_loop().create_task(heartbeat(self.health), name="heartbeat")
         self.grpc, port = build_server(
-            self.plane, self.health, settings.host, settings.grpc_port, settings.max_message_bytes
+            self.plane,
+            self.health,
+            address_of(settings.host, settings.grpc_port),
+            max_message_bytes=settings.max_message_bytes,
+            credentials=credentials,
+            restrictions=self.restrictions,
         )
         await self.grpc.start()
         log.info(
-            "gRPC (KServe v2) on %s:%d, repository %s, model control %s",
+            "gRPC (KServe v2%s) on %s:%d, repository %s, model control %s%s",
+            ", TLS" + (" with client certificates" if settings.tls_client_ca else "") if credentials else "",
             settings.host,
             port,
             settings.repo,
             settings.model_control_mode,
+            "".join(f"; {g} restricted" for g in sorted(self.restrictions)),
         )
 
     async def serve_until(self, stop: asyncio.Event) -> None:
@@ -87,12 +127,12 @@ class Server:
             log.error("startup failed", exc_info=startup.exception())
         else:
             self.plane.started = True
+            self._update_readiness()
             if self.plane.ready:
-                await self._set_ready(True)
                 log.info("ready: %d model version(s) loaded", len(self.manager.loaded()))
             else:
-                failed = ", ".join(self.manager.startup_failures)
-                log.error("not ready: startup model(s) failed to load: %s", failed)
+                failed = ", ".join(self.manager.failed())
+                log.error("not ready: model(s) failed to load: %s (ready again once fixed)", failed)
         await stopped
 
     async def drain(self) -> None:
@@ -101,9 +141,9 @@ class Server:
         started = time.monotonic()
         log.info("shutting down: draining for up to %.1fs", grace)
         self.plane.draining = True
-        await self._set_ready(False)
+        self._update_readiness()
         for served in self.manager.loaded():
-            await self.health.set(served.name, NOT_SERVING)
+            self.health.set_model(served.name, ())
         if not await self.plane.wait_idle(grace):
             log.warning("grace period over with requests still in flight; they are cancelled")
 
@@ -113,7 +153,12 @@ class Server:
         await self.grpc.stop(grace=remaining())
         await self.manager.close(timeout=remaining())
         self.plane.close()
-        self.metrics_server.shutdown()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        self.health_server.stop()
+        self.endpoint.shutdown()
         log.info("stopped after %.2fs of draining", time.monotonic() - started)
 
 

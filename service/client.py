@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelrepo.names import IMAGE_INPUT, INPUT_NAME, OUTPUT_NAME
+from modelrepo.names import IMAGE_INPUT, INPUT_NAME, OUTPUT_NAME, PIXELS_INPUT
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos.wire import MAX_MESSAGE_BYTES, add_input, output_array
@@ -53,8 +53,45 @@ def parse_classification(entry: bytes | str) -> Classification:
     return Classification(float(score), int(index), label[0] if label else "")
 
 
+def channel_credentials(
+    ca: str | os.PathLike | None = None,
+    cert: str | os.PathLike | None = None,
+    key: str | os.PathLike | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS for a client: ``ca`` verifies the server (None: the system's roots); ``cert`` and ``key``
+    identify the client to a server that asks (mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate and its key go together")
+
+    def read(path):
+        return Path(path).read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+
+def open_channel(
+    url: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
+    """A channel to ``url``, over TLS with ``credentials`` (``server_name``: the name the server's
+    certificate must carry, when it is not the host of ``url``)."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if credentials is None:
+        return grpc.insecure_channel(url, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(url, credentials, options=options)
+
+
 class InferenceClient:
-    """Blocking client over one gRPC channel; safe to share between threads."""
+    """Blocking client over one gRPC channel; safe to share between threads. ``credentials``
+    (:func:`channel_credentials`) for TLS; ``headers`` are sent with every call (restricted protocols)."""
 
     def __init__(
         self,
@@ -62,15 +99,17 @@ class InferenceClient:
         *,
         timeout: float | None = 60.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
         self.url = url
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(url, options=options)
+        self.channel = open_channel(
+            url, credentials=credentials, server_name=server_name, max_message_bytes=max_message_bytes
+        )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         self._max_batch: dict[tuple[str, str], int] = {}
 
     def close(self) -> None:
@@ -85,7 +124,7 @@ class InferenceClient:
     def _call(self, method: str, request, timeout: float | None = None):
         try:
             return getattr(self.stub, method)(
-                request, timeout=timeout if timeout is not None else self.timeout
+                request, timeout=timeout if timeout is not None else self.timeout, metadata=self.metadata
             )
         except grpc.RpcError as e:
             raise InferenceServerError(e.code(), e.details() or "") from None
@@ -143,6 +182,21 @@ class InferenceClient:
         add_input(request, INPUT_NAME, np.asarray(batch, dtype=np.float32))
         return output_array(self.infer_request(request, timeout), output)
 
+    def infer_pixels(
+        self,
+        model: str,
+        pixels: np.ndarray,
+        *,
+        version: str = "",
+        timeout: float | None = None,
+        output: str = OUTPUT_NAME,
+    ) -> np.ndarray:
+        """Logits for UINT8 [N, H, W, C] pixels at the model's input size, normalized by the server with
+        the model's preprocessing (:func:`modelrepo.preprocess.to_pixels` makes them from an image)."""
+        request = pb.ModelInferRequest(model_name=model, model_version=version)
+        add_input(request, PIXELS_INPUT, np.asarray(pixels, dtype=np.uint8))
+        return output_array(self.infer_request(request, timeout), output)
+
     def _batch_limit(self, model: str, version: str) -> int:
         key = (model, version)
         if key not in self._max_batch:
@@ -176,12 +230,42 @@ class InferenceClient:
 # --------------------------------------------------------------------------------------------- CLI
 
 
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS and header flags, shared by ``python -m service.client`` and ``python -m service.healthcheck``."""
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate (TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-server-name", help="the name the server's certificate carries, if not the host"
+    )
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="KEY=VALUE", help="sent with every call (repeatable)"
+    )
+
+
+def connection_options(args: argparse.Namespace) -> dict:
+    """InferenceClient keyword arguments from :func:`add_connection_arguments`'s flags."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    headers = {}
+    for item in args.header:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--header {item!r}: expected KEY=VALUE")
+        headers[key] = value
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    return {"credentials": credentials, "server_name": args.tls_server_name, "headers": headers}
+
+
 def _classify_command(args: argparse.Namespace) -> int:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    with InferenceClient(args.url, timeout=args.timeout) as client:
+    with InferenceClient(args.url, timeout=args.timeout, **args.connection) as client:
         results = client.classify(args.model, args.images, top_k=args.top_k, version=args.version)
     if args.json:
         print(
@@ -202,7 +286,7 @@ def _classify_command(args: argparse.Namespace) -> int:
 
 
 def _models_command(args: argparse.Namespace) -> int:
-    with InferenceClient(args.url, timeout=args.timeout) as client:
+    with InferenceClient(args.url, timeout=args.timeout, **args.connection) as client:
         for m in client.repository_index():
             print(f"{m.name}\t{m.version or '-'}\t{m.state}\t{m.reason}")
     return 0
@@ -216,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"gRPC address host:port [SERVE_URL; {DEFAULT_URL}]",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    add_connection_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="classify image files (JPEG/PNG/...)")
     classify.add_argument("--model", required=True)
@@ -229,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "top_k", 1) < 1:
         parser.error("--top-k must be >= 1")
+    try:
+        args.connection = connection_options(args)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
     try:
         return args.run(args)
     except InferenceServerError as e:

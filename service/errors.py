@@ -7,6 +7,9 @@ lower-cased name as the request's ``outcome``. Nothing here imports a transport.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 # gRPC status name -> HTTP status (KServe v2 REST / Triton's HTTP front end)
 HTTP_STATUS = {
     "OK": 200,
@@ -120,3 +123,29 @@ def to_serve_error(exc: BaseException) -> ServeError:
     if isinstance(exc, ServeError):
         return exc
     return ServeError(f"internal error: {type(exc).__name__}: {exc}")
+
+
+# An absolute path: a slash not preceded by a word character, ':' or '/' (so URLs and "image/png" stay).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[\w.@+-]+/)*[\w.@+-]*")
+
+
+def redact_paths(message: str, root: Path | None = None) -> str:
+    """``message`` without the server's filesystem paths: those under ``root`` (the model repository)
+    become relative to it, any other becomes its last component."""
+    root_text = str(root.absolute()) if root is not None else None
+
+    def replace(match: re.Match) -> str:
+        path = match.group(0)
+        if root_text and path.startswith(root_text + "/"):
+            return path[len(root_text) + 1 :]
+        if root_text and path == root_text:
+            return "the model repository"
+        return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+    return _ABSOLUTE_PATH.sub(replace, message)
+
+
+def public_status(exc: BaseException, root: Path | None = None) -> tuple[str, str]:
+    """What a client is told of an exception: (status name, message without filesystem paths)."""
+    error = to_serve_error(exc)
+    return error.status, redact_paths(error.message, root)

@@ -37,11 +37,19 @@ class Settings:
     max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit
     device: str = "auto"
     log_level: str = "info"
+    health_port: int = 8003  # gRPC health on a thread of its own, for probes (0: pick a free port)
+    max_inflight: int = 1024  # requests accepted and not yet answered, server-wide
+    max_inflight_bytes: int = 1 << 30  # their payload bytes
+    max_image_pixels: int = 25_000_000  # per encoded image, checked from its header before decoding
+    tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC port
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
+    restricted_protocol: tuple[str, ...] = ()  # "GROUP[,GROUP...]:KEY=VALUE" each
 
     def __post_init__(self) -> None:
         for name, choices in CHOICES.items():
             _check_choice(name, getattr(self, name), choices)
-        for name in ("grpc_port", "metrics_port"):
+        for name in ("grpc_port", "metrics_port", "health_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{_describe(name)} must be a port number 0..65535, got {port}")
@@ -53,6 +61,17 @@ class Settings:
             raise SettingsError(
                 f"{_describe('max_message_bytes')} must be at least 1024 bytes, got {self.max_message_bytes}"
             )
+        for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_describe(name)} must be >= 1, got {getattr(self, name)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError(f"{_describe('tls_cert')} and {_describe('tls_key')} go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError(f"{_describe('tls_client_ca')} needs {_describe('tls_cert')} and its key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{_describe(name)}: no such file {path}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,11 @@ class _Option:
 
 def _names(value: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _restrictions(value: str) -> tuple[str, ...]:
+    """';'-separated restriction specs (each checked by service.protocol.restrictions)."""
+    return tuple(n.strip() for n in value.split(";") if n.strip())
 
 
 OPTIONS: dict[str, _Option] = {
@@ -91,6 +115,36 @@ OPTIONS: dict[str, _Option] = {
     ),
     "device": _Option("--device", "SERVE_DEVICE", str, "auto | cpu | cuda"),
     "log_level": _Option("--log-level", "SERVE_LOG_LEVEL", str, "debug | info | warning | error"),
+    "health_port": _Option(
+        "--health-port",
+        "SERVE_HEALTH_PORT",
+        int,
+        "gRPC health port answered apart from inference (0: any free)",
+    ),
+    "max_inflight": _Option(
+        "--max-inflight", "SERVE_MAX_INFLIGHT", int, "requests in flight before RESOURCE_EXHAUSTED"
+    ),
+    "max_inflight_bytes": _Option(
+        "--max-inflight-bytes",
+        "SERVE_MAX_INFLIGHT_BYTES",
+        int,
+        "payload bytes in flight before RESOURCE_EXHAUSTED",
+    ),
+    "max_image_pixels": _Option(
+        "--max-image-pixels", "SERVE_MAX_IMAGE_PIXELS", int, "largest image (width x height) decoded"
+    ),
+    "tls_cert": _Option("--tls-cert", "SERVE_TLS_CERT", Path, "PEM server certificate: TLS on the gRPC port"),
+    "tls_key": _Option("--tls-key", "SERVE_TLS_KEY", Path, "PEM private key of --tls-cert"),
+    "tls_client_ca": _Option(
+        "--tls-client-ca", "SERVE_TLS_CLIENT_CA", Path, "PEM CA: require client certificates it signed (mTLS)"
+    ),
+    "restricted_protocol": _Option(
+        "--restricted-protocol",
+        "SERVE_RESTRICTED_PROTOCOL",
+        _restrictions,
+        "GROUP[,GROUP]:KEY=VALUE: those RPC groups need that header (repeatable; env: ';'-separated)",
+        repeatable=True,
+    ),
 }
 
 

@@ -8,7 +8,6 @@ TensorRT (falling back to the manifest's ONNX artifact, with a warning, where th
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,16 +198,11 @@ BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, int], Backend
 }
 
 
-def create_backend(
-    choice: ArtifactChoice, config: mc.ModelConfig, device: str, cpu_instances: int, threads: int = 0
-) -> Backend:
-    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>"). CPU intra-op threads: ``threads``,
-    else the config's ``intra_op_thread_count``, else the CPU cores shared by the instances; onnxruntime's
-    spin between ops unless the config's ``allow_spinning`` parameter is "0"."""
+def create_backend(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int = 1) -> Backend:
+    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>") with ``threads`` CPU intra-op threads
+    unless the config's ``intra_op_thread_count`` says otherwise; onnxruntime's spin between ops unless the
+    config's ``allow_spinning`` parameter is "0"."""
     factory = BACKENDS.get(choice.format)
     if factory is None:
         raise ModelLoadError(f"unsupported artifact format {choice.format!r}")
-    threads = threads or configured_threads(config)
-    if not threads and device == "cpu":
-        threads = max(1, (os.cpu_count() or 1) // max(1, cpu_instances))
-    return factory(choice, config, device, threads)
+    return factory(choice, config, device, configured_threads(config) or max(1, threads))

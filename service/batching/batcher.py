@@ -155,6 +155,12 @@ class DynamicBatcher:
             raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")
         return now
 
+    def check_room(self) -> None:
+        """Raise Overloaded when the queue is full (a cheap check before a request's expensive work)."""
+        if len(self._queue) >= self.policy.max_queue_size:
+            waiting = self.policy.max_queue_size
+            raise Overloaded(f"model {self.name} queue is full ({waiting} requests waiting); retry later")
+
     async def submit(self, data: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """The backend's N output rows for ``data`` (N rows), computed in a batch the policy allows.
 
@@ -170,9 +176,7 @@ class DynamicBatcher:
         now = self._admit(data, deadline)
         if self._direct and not self._queue:
             return self._run_now(PendingRequest(data, None, now, deadline))
-        if len(self._queue) >= self.policy.max_queue_size:
-            waiting = self.policy.max_queue_size
-            raise Overloaded(f"model {self.name} queue is full ({waiting} requests waiting); retry later")
+        self.check_room()
         request = PendingRequest(data, self._loop.create_future(), now, deadline)
         self._queue.append(request)
         self._arrived.set()
@@ -234,7 +238,8 @@ class DynamicBatcher:
             if self._queue:
                 now = time.monotonic()
                 due = self._queue[0].enqueued + self.policy.max_queue_delay
-                count = plan_batch((r.rows for r in self._queue), self.policy, self._closing or now >= due)
+                rows, other_kind_waits = self._head_rows()
+                count = plan_batch(rows, self.policy, self._closing or now >= due or other_kind_waits)
                 if count:
                     batch = []
                     for _ in range(count):
@@ -252,6 +257,20 @@ class DynamicBatcher:
             else:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    def _head_rows(self) -> tuple[list[int], bool]:
+        """Row counts of the requests at the head of the queue that can share a batch (same dtype: FP32
+        tensors and UINT8 pixels never mix), and whether a request of the other kind waits behind them."""
+        queue = self._queue
+        dtype = queue[0].data.dtype
+        rows = []
+        for request in queue:
+            if request.data.dtype != dtype:
+                return rows, True
+            rows.append(request.rows)
+            if len(rows) > self.policy.max_batch_size:  # no batch takes more requests than rows
+                break
+        return rows, False
 
     async def _run_instance(self, infer: InferFn, executor: ThreadPoolExecutor) -> None:
         try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelrepo.names import IMAGE_INPUT
+from modelrepo.names import IMAGE_INPUT, PIXELS_INPUT
 from modelrepo.reader import ModelIO
 from protos.wire import BYTES, NUMPY_DTYPES, WireFormatError, bytes_offsets
 from service.dataplane.types import InferRequest, InputTensor, Parameters
@@ -18,26 +18,33 @@ from service.errors import InvalidInput
 
 CLASSIFICATION = "classification"  # requested-output parameter: top-k as "score:index:label"
 TIMEOUT_PARAMETER = "timeout"  # request parameter, microseconds (Triton's)
-FP32 = NUMPY_DTYPES["FP32"]
+FP32, UINT8 = NUMPY_DTYPES["FP32"], NUMPY_DTYPES["UINT8"]
 
-TENSOR, IMAGES = "tensor", "images"
+TENSOR, PIXELS, IMAGES = "tensor", "pixels", "images"
 
 
 @dataclass
 class ModelInput:
-    """The request's one input, checked: ``data`` is an FP32 [N, C, H, W] array (``tensor``) or N encoded
-    images (``images``), not yet decoded."""
+    """The request's one input, checked: ``data`` is an FP32 [N, C, H, W] array (``tensor``), a UINT8
+    [N, H, W, C] array (``pixels``), or N encoded images (``images``), not yet decoded."""
 
     kind: str
     rows: int
     data: np.ndarray | list[bytes]
 
+    def held_bytes(self, row_bytes: int) -> int:
+        """Memory the request holds until answered: its payload, and for images their decoded rows."""
+        if self.kind == IMAGES:
+            return sum(len(x) for x in self.data) + self.rows * row_bytes
+        return self.data.nbytes
+
 
 def expected_inputs(io: ModelIO) -> str:
     c, h, w = io.input_shape
+    formats = "/".join(io.input_spec.image_formats)
     return (
-        f"exactly one of {io.input_name!r} (FP32 [N, {c}, {h}, {w}]) or {IMAGE_INPUT!r} "
-        "(BYTES [N], one encoded JPEG/PNG per row)"
+        f"exactly one of {io.input_name!r} (FP32 [N, {c}, {h}, {w}]), {PIXELS_INPUT!r} "
+        f"(UINT8 [N, {h}, {w}, {c}]) or {IMAGE_INPUT!r} (BYTES [N], one encoded {formats} image per row)"
     )
 
 
@@ -56,35 +63,44 @@ def _payload(tensor: InputTensor, what: str):
     return tensor.raw
 
 
-def _fp32_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
-    what = f"input {io.input_name!r}"
+def _numeric_tensor(
+    tensor: InputTensor, io: ModelIO, kind: str, datatype: str, row_shape: tuple[int, ...], layout: str
+) -> ModelInput:
+    """An input of ``datatype`` and shape [N, *row_shape]: raw bytes viewed without copying, or typed
+    values converted."""
+    what = f"input {tensor.name!r}"
     shape = tensor.shape
-    if tensor.datatype != "FP32":
-        raise InvalidInput(f"{what}: datatype must be FP32, got {tensor.datatype!r}")
-    if len(shape) != 4 or tuple(shape[1:]) != io.input_shape:
-        c, h, w = io.input_shape
-        raise InvalidInput(f"{what}: shape must be [N, {c}, {h}, {w}], got {list(shape)}")
+    if tensor.datatype != datatype:
+        raise InvalidInput(f"{what}: datatype must be {datatype}, got {tensor.datatype!r}")
+    if len(shape) != 1 + len(row_shape) or tuple(shape[1:]) != row_shape:
+        expected = ", ".join(map(str, row_shape))
+        raise InvalidInput(f"{what}: shape must be [N, {expected}] ({layout}), got {list(shape)}")
     rows = shape[0]
     _check_rows(what, rows, io)
+    dtype = NUMPY_DTYPES[datatype]
+    count = rows
+    for d in row_shape:
+        count *= d
     raw = _payload(tensor, what)
     if raw is not None:
-        expected = rows * io.row_bytes
+        expected = count * dtype.itemsize
         if len(raw) != expected:
             raise InvalidInput(
                 f"{what}: raw contents hold {len(raw)} bytes, expected {expected} "
-                f"({rows * io.row_bytes // 4} FP32 elements of shape {list(shape)})"
+                f"({count} {datatype} elements of shape {list(shape)})"
             )
-        return ModelInput(TENSOR, rows, np.frombuffer(raw, dtype=FP32).reshape(shape))  # zero-copy, read-only
+        return ModelInput(kind, rows, np.frombuffer(raw, dtype=dtype).reshape(shape))  # zero-copy, read-only
     values = tensor.values
-    count = rows * io.row_bytes // 4
     if values is None or len(values) != count:
         got = 0 if values is None else len(values)
         raise InvalidInput(f"{what}: holds {got} elements, expected {count} for shape {list(shape)}")
     try:
-        array = np.asarray(values, dtype=FP32)
+        array = np.asarray(values, dtype=np.float64 if dtype == FP32 else np.int64)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"{what}: elements must be numbers: {e}") from None
-    return ModelInput(TENSOR, rows, array.reshape(shape))
+    if dtype == UINT8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise InvalidInput(f"{what}: UINT8 elements must lie in 0..255")
+    return ModelInput(kind, rows, array.astype(dtype).reshape(shape))
 
 
 def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
@@ -126,7 +142,9 @@ def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
         raise InvalidInput(f"request has {got}; model {request.model!r} expects {expected_inputs(io)}")
     tensor = inputs[0]
     if tensor.name == io.input_name:
-        return _fp32_tensor(tensor, io)
+        return _numeric_tensor(tensor, io, TENSOR, "FP32", io.input_shape, "NCHW, normalized")
+    if tensor.name == PIXELS_INPUT:
+        return _numeric_tensor(tensor, io, PIXELS, "UINT8", io.input_spec.pixels_shape, "NHWC")
     if tensor.name == IMAGE_INPUT:
         return _image_tensor(tensor, io)
     raise InvalidInput(

@@ -7,11 +7,13 @@ this; every error is a :mod:`service.errors` exception naming the field at fault
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 
-from modelrepo.names import IMAGE_INPUT
+from modelrepo.names import IMAGE_INPUT, PIXELS_INPUT
 from protos import model_config_pb2 as mc
 from service.dataplane.images import ImageDecoder
 from service.dataplane.inputs import IMAGES, read_input, read_top_k, request_deadline
@@ -23,10 +25,22 @@ from service.dataplane.types import (
     ServerMetadata,
     TensorMetadata,
 )
-from service.errors import SUCCESS, Cancelled, InvalidInput, ModelNotFound, ServeError, Unavailable
+from service.errors import (
+    SUCCESS,
+    Cancelled,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    ServeError,
+    Unavailable,
+    public_status,
+    redact_paths,
+)
 from service.serving import InflightCounter, ModelManager, RepositoryEntry, ServedVersion
 from service.telemetry.prometheus import ServerMetrics
 from service.telemetry.stats import ModelStats
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "cnnserve"
 EXTENSIONS = (
@@ -46,16 +60,28 @@ def server_version() -> str:
         return "0+unknown"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the data plane takes on at once (settings, and the CPUs for decoding)."""
+
+    max_inflight: int
+    max_inflight_bytes: int
+    max_image_pixels: int
+    decode_threads: int
+
+
 class DataPlane:
     """Health, inference, metadata, statistics and repository control over the served models."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, decode_threads: int) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics, limits: Limits) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.limits = limits
         self.draining = False
         self.started = False
         self.inflight = InflightCounter()
-        self.images = ImageDecoder(decode_threads)
+        self.held_bytes = 0  # payload bytes of the requests in flight
+        self.images = ImageDecoder(limits.decode_threads, limits.max_image_pixels)
 
     def close(self) -> None:
         self.images.close()
@@ -84,24 +110,34 @@ class DataPlane:
     # ------------------------------------------------------------ inference
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Cheap checks first (model, room, names, shapes, byte counts), then the expensive work (image
+        decoding, batching); every refusal before the work is answered at once."""
         received = time.monotonic()
         try:
             served = self.manager.resolve(request.model, request.version)
         except ModelNotFound:
             self.metrics.count_unknown_model(ModelNotFound.outcome)
             raise
+        telemetry = served.telemetry
         if self.draining:
-            served.telemetry.request_done(Unavailable.outcome, 0.0)
+            telemetry.request_done(Unavailable.outcome, 0.0)
             raise Unavailable("server is shutting down; retry on another replica")
+        if self.inflight.count >= self.limits.max_inflight:
+            telemetry.request_done(Overloaded.outcome, 0.0)
+            raise Overloaded(
+                f"server has {self.inflight.count} requests in flight (its limit); retry later or elsewhere"
+            )
         inflight, served_inflight = self.inflight, served.inflight
         inflight.enter()
         served_inflight.enter()
-        outcome = ServeError.outcome
+        outcome, held = ServeError.outcome, 0
         try:
             io = served.io
             model_input = read_input(request, io)
             top_k = read_top_k(request, io)
             deadline = request_deadline(request, io, received)
+            held = self._hold(model_input.held_bytes(io.row_bytes))
+            served.batcher.check_room()
             data = model_input.data
             if model_input.kind == IMAGES:
                 data = await self.images.decode(data, io.input_spec)
@@ -116,9 +152,20 @@ class DataPlane:
             outcome = Cancelled.outcome
             raise
         finally:
+            self.held_bytes -= held
             served_inflight.exit()
             inflight.exit()
-            served.telemetry.request_done(outcome, time.monotonic() - received)
+            telemetry.request_done(outcome, time.monotonic() - received)
+
+    def _hold(self, nbytes: int) -> int:
+        """Count ``nbytes`` against the in-flight memory bound; returns what the caller must release."""
+        if self.held_bytes + nbytes > self.limits.max_inflight_bytes:
+            raise Overloaded(
+                f"the request's {nbytes} bytes would take the payload held in flight past the server's limit "
+                f"of {self.limits.max_inflight_bytes} bytes; retry later or elsewhere"
+            )
+        self.held_bytes += nbytes
+        return nbytes
 
     # ------------------------------------------------------------- metadata
 
@@ -135,17 +182,25 @@ class DataPlane:
             platform=config.platform or config.backend,
             inputs=(
                 TensorMetadata(io.input_name, "FP32", (-1, *io.input_shape)),
+                TensorMetadata(PIXELS_INPUT, "UINT8", (-1, *io.input_spec.pixels_shape)),
                 TensorMetadata(IMAGE_INPUT, "BYTES", (-1,)),
             ),
             outputs=(TensorMetadata(io.output_name, "FP32", (-1, io.num_classes)),),
         )
 
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
-        """The config.pbtxt as loaded, plus the `image` input (optional: a request sends it instead of
-        `input`), so Triton clients and perf_analyzer can discover it."""
+        """The config.pbtxt as loaded, plus the `pixels` and `image` inputs (optional: a request sends one of
+        them instead of `input`), so Triton clients and perf_analyzer can discover them."""
         served = self.manager.resolve(name, version)
         config = mc.ModelConfig()
         config.CopyFrom(served.config)
+        config.input.add(
+            name=PIXELS_INPUT,
+            data_type=mc.TYPE_UINT8,
+            format=mc.ModelInput.FORMAT_NHWC,
+            dims=list(served.io.input_spec.pixels_shape),
+            optional=True,
+        )
         image = config.input.add(name=IMAGE_INPUT, data_type=mc.TYPE_STRING, dims=[1], optional=True)
         image.reshape.SetInParent()  # one string per batch row: clients may send [N] or [N, 1]
         return config
@@ -164,7 +219,15 @@ class DataPlane:
     # ----------------------------------------------------------- repository
 
     def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
-        return self.manager.index(ready_only)
+        root = self.manager.repo
+        return [replace(e, reason=redact_paths(e.reason, root)) for e in self.manager.index(ready_only)]
+
+    def public_status(self, exc: BaseException) -> tuple[str, str]:
+        """What a client is told of ``exc``: its status name and a message without filesystem paths.
+        Anything but a ServeError is a bug, and is logged with its traceback."""
+        if not isinstance(exc, ServeError):
+            log.error("unexpected error", exc_info=exc)
+        return public_status(exc, self.manager.repo)
 
     async def load_model(self, name: str, parameters: Sequence[str] = ()) -> None:
         self.manager.check_explicit("load")

@@ -1,6 +1,7 @@
-"""The gRPC front end: KServe v2 servicer over the data plane, health, reflection, server options.
+"""The gRPC front end: KServe v2 servicer over the data plane, health, reflection, TLS, server options.
 
-Every RPC goes through :func:`_rpc`, the one place where errors become gRPC status codes.
+Every RPC goes through :func:`_rpc`, the one place where restrictions are checked and errors become gRPC
+status codes (with messages that name no filesystem path).
 """
 
 from __future__ import annotations
@@ -11,40 +12,31 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
+from protos import health_pb2_grpc
 from service.dataplane.plane import DataPlane
-from service.errors import ServeError, to_serve_error
 from service.protocol import grpc_codec as codec
+from service.protocol.health import HEALTH_SERVICE, INFERENCE_SERVICE, AioHealthServicer, HealthState
+from service.protocol.security import GROUP_OF, Restriction, headers_of
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-LIVENESS = "liveness"  # health service name that stays SERVING while draining
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream answered concurrently
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status and message of any exception (unexpected ones are logged: they are bugs)."""
-    serve_error = to_serve_error(error)
-    if not isinstance(error, ServeError):
-        log.error("unexpected error in RPC", exc_info=error)
-    return grpc.StatusCode[serve_error.status], serve_error.message
-
-
 def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    group = GROUP_OF[method.__name__]
+
     @functools.wraps(method)
     async def wrapper(self, request, context):
         try:
+            self.check_restriction(group, context)
             return await method(self, request, context)
         except Exception as e:
-            code, message = status_of(e)
-            await context.abort(code, message)
+            status, message = self.plane.public_status(e)
+            await context.abort(grpc.StatusCode[status], message)
 
     return wrapper
 
@@ -52,8 +44,14 @@ def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService: each RPC translates its messages and calls the data plane."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, restrictions: dict[str, Restriction]) -> None:
         self.plane = plane
+        self.restrictions = restrictions
+
+    def check_restriction(self, group: str, context: grpc.aio.ServicerContext) -> None:
+        restriction = self.restrictions.get(group)
+        if restriction is not None:
+            restriction.check(headers_of(context.invocation_metadata()))
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -104,6 +102,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they batch); errors travel as error_message."""
+        try:
+            self.check_restriction("inference", context)
+        except Exception as e:
+            status, message = self.plane.public_status(e)
+            await context.abort(grpc.StatusCode[status], message)
         window = asyncio.Semaphore(STREAM_WINDOW)
         responses: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW + 1)
         tasks: set[asyncio.Task] = set()
@@ -114,7 +117,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 result = codec.infer_response(await self.plane.infer(plain))
                 message = pb.ModelStreamInferResponse(infer_response=result)
             except Exception as e:
-                _, text = status_of(e)
+                _, text = self.plane.public_status(e)
                 message = pb.ModelStreamInferResponse(
                     error_message=text,
                     infer_response=pb.ModelInferResponse(
@@ -155,18 +158,38 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 
 def build_server(
-    plane: DataPlane, health: health_aio.HealthServicer, host: str, port: int, max_message_bytes: int
+    plane: DataPlane,
+    health: HealthState,
+    address: str,
+    *,
+    max_message_bytes: int,
+    credentials: grpc.ServerCredentials | None = None,
+    restrictions: dict[str, Restriction] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """The gRPC server with the inference, health and reflection services; returns it and its bound port."""
+    """The gRPC server with the inference and health services (and reflection where grpcio-reflection is
+    installed); returns it and its bound port."""
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, restrictions or {}), server)
+    health_pb2_grpc.add_HealthServicer_to_server(AioHealthServicer(health), server)
     try:
-        bound = server.add_insecure_port(address)
+        from grpc_reflection.v1alpha import reflection
+    except ImportError:
+        log.info("server reflection is off: grpcio-reflection is not installed")
+    else:
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as e:  # grpcio's "Failed to bind to address ..."
         raise OSError(f"cannot bind gRPC to {address} (port in use?): {e}") from None
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {address} (port in use?)")
     return server, bound
+
+
+def address_of(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

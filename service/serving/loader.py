@@ -26,7 +26,7 @@ INLINE_ROW_SECONDS = 0.0005
 
 
 def load_versions(
-    settings: Settings, metrics: ServerMetrics, name: str, old: dict[int, ServedVersion]
+    settings: Settings, metrics: ServerMetrics, name: str, old: dict[int, ServedVersion], cpus: int
 ) -> dict[int, ServedVersion]:
     """The versions of ``name`` to serve, reusing those of ``old`` whose files did not change. Any failure
     is a :class:`ModelLoadError` with the reason; nothing built before it is left running."""
@@ -44,7 +44,7 @@ def load_versions(
             if previous is not None and previous.fingerprint == entry.fingerprint:
                 built[version] = previous
             else:
-                built[version] = _build_version(settings, metrics, folder, entry)
+                built[version] = _build_version(settings, metrics, folder, entry, cpus)
     except BaseException as e:
         close_backends([b for v in built.values() if old.get(v.version) is not v for b in v.backends])
         if isinstance(e, EntryError):
@@ -55,7 +55,9 @@ def load_versions(
     return built
 
 
-def _build_version(settings: Settings, metrics: ServerMetrics, folder: ModelFolder, entry: VersionEntry):
+def _build_version(
+    settings: Settings, metrics: ServerMetrics, folder: ModelFolder, entry: VersionEntry, cpus: int
+) -> ServedVersion:
     started = time.monotonic()
     name, version, config, manifest = folder.name, entry.version, folder.config, entry.manifest
     try:
@@ -75,12 +77,14 @@ def _build_version(settings: Settings, metrics: ServerMetrics, folder: ModelFold
     backends: list[Backend] = []
     try:
         for device in devices:
-            backends.append(create_backend(choice, config, device, devices.count("cpu")))
+            backends.append(create_backend(choice, config, device, cpus // max(1, devices.count("cpu"))))
+            backends[-1].spec = entry.io.input_spec
         row_seconds = warm_up(name, backends, entry.io)
         inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
         if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
             # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
-            single = create_backend(choice, config, "cpu", 1, threads=1)
+            single = create_backend(choice, config, "cpu", threads=1)
+            single.spec = entry.io.input_spec
             backends.append(single)
             warm_up(name, [single], entry.io)
             backends.pop(0).close()
@@ -124,10 +128,13 @@ def warm_up(name: str, backends: list[Backend], io: ModelIO) -> float:
         {1, min(2, io.max_batch_size)}
         | ({io.max_batch_size} if any(b.device.startswith("cuda") for b in backends) else set())
     )
+    batches = [np.zeros((rows, *io.input_shape), dtype=np.float32) for rows in sizes]
+    batches.append(np.zeros((1, *io.input_spec.pixels_shape), dtype=np.uint8))  # the pixels path
     for backend in backends:
-        for rows in sizes:
+        for batch in batches:
+            rows = len(batch)
             try:
-                out = backend.infer(np.zeros((rows, *io.input_shape), dtype=np.float32))
+                out = backend.run(batch)
             except Exception as e:
                 raise ModelLoadError(
                     f"model {name}: warm-up with batch {rows} on {backend.describe()} failed: {e}"

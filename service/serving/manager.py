@@ -17,7 +17,7 @@ from pathlib import Path
 from modelrepo.layout import model_names
 from modelrepo.names import CONFIG_NAME
 from modelrepo.reader import Fingerprint
-from service.errors import ModelNotFound, NotAllowed, ServeError
+from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
 from service.serving.loader import load_versions
 from service.serving.served import ServedVersion
 from service.settings import Settings
@@ -45,22 +45,39 @@ class ModelRecord:
     fingerprint: Fingerprint | None = None  # of the model folder when last (re)loaded
 
 
-OnChange = Callable[[str, bool], Awaitable[None]]
+OnChange = Callable[[str], Awaitable[None]]
 
 
 class ModelManager:
-    """Every served model version, and the loading, unloading and polling that change them."""
+    """Every served model version, and the loading, unloading and polling that change them.
 
-    def __init__(self, settings: Settings, metrics: ServerMetrics, on_change: OnChange | None = None) -> None:
+    A model that fails to load is UNAVAILABLE with the reason; the others load and serve. The server is
+    ready while no model it should serve has failed: fixing the files (poll) or unloading the model
+    (explicit) makes it ready again. Loads and unloads run to completion even when the client that asked
+    for them goes away, so no model is left LOADING or half-retired.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServerMetrics,
+        on_change: OnChange | None = None,
+        *,
+        cpus: int = 1,
+        reserved_names: frozenset[str] = frozenset(),
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.on_change = on_change  # awaited with (model name, ready) after each load/unload
-        self.startup_failures: list[str] = []
-        self.repo = Path(settings.repo)
+        self.on_change = on_change  # awaited with the model's name after each load/unload
+        self.cpus = cpus  # CPU threads the backends may keep busy (service.cpus)
+        self.reserved_names = reserved_names  # names no model may take (health service names)
+        self.repo = Path(settings.repo).absolute()
         self._routes: dict[str, dict[int, ServedVersion]] = {}
         self._latest: dict[str, ServedVersion] = {}
         self._records: dict[str, ModelRecord] = {}
+        self._failed: set[str] = set()  # models that should serve and do not: they keep the server unready
         self._locks: dict[str, asyncio.Lock] = {}
+        self._changes: set[asyncio.Task] = set()
         self._poll_task: asyncio.Task | None = None
         self._stop: asyncio.Event | None = None
 
@@ -78,7 +95,6 @@ class ModelManager:
                 await self.load(name)
             except ServeError as e:
                 log.error("cannot load model %s: %s", name, e)
-                self.startup_failures.append(name)
         if mode == "poll":
             self._poll_task = asyncio.get_running_loop().create_task(
                 self._poll_loop(), name="repository poll"
@@ -90,6 +106,8 @@ class ModelManager:
         if self._poll_task is not None:
             self._poll_task.cancel()
             await asyncio.gather(self._poll_task, return_exceptions=True)
+        if self._changes:  # loads and unloads under way finish first (their clients may have gone)
+            await asyncio.wait(self._changes, timeout=timeout)
         served = [v for versions in self._routes.values() for v in versions.values()]
         self._routes.clear()
         self._latest.clear()
@@ -144,7 +162,11 @@ class ModelManager:
 
     @property
     def ready(self) -> bool:
-        return not self.startup_failures
+        return not self._failed
+
+    def failed(self) -> list[str]:
+        """The models that should serve and cannot (they keep the server unready)."""
+        return sorted(self._failed)
 
     # -------------------------------------------------------------- control
 
@@ -158,25 +180,58 @@ class ModelManager:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
+    async def _to_completion(self, change: Awaitable[None]) -> None:
+        """Run a load or unload as a task of its own: a caller that is cancelled (deadline, disconnect)
+        stops waiting, the change does not stop half-way."""
+        task = asyncio.get_running_loop().create_task(change)
+        self._changes.add(task)
+        task.add_done_callback(self._change_done)
+        await asyncio.shield(task)
+
+    def _change_done(self, task: asyncio.Task) -> None:
+        self._changes.discard(task)
+        if (
+            not task.cancelled()
+            and task.exception() is not None
+            and not isinstance(task.exception(), ServeError)
+        ):
+            log.error("model load/unload failed", exc_info=task.exception())
+
     async def load(self, name: str) -> None:
         """Load (or reload) ``name``; on failure the versions already serving keep serving."""
+        await self._to_completion(self._load(name))
+
+    async def unload(self, name: str) -> None:
+        await self._to_completion(self._unload(name))
+
+    def _check_name(self, name: str) -> Path:
+        model_dir = self.repo / name
+        if "/" in name or name.startswith(".") or not (model_dir / CONFIG_NAME).is_file():
+            raise ModelNotFound(
+                f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
+            )
+        if name in self.reserved_names:
+            raise ModelLoadError(f"model name {name!r} is reserved for a health service; rename its folder")
+        return model_dir
+
+    async def _load(self, name: str) -> None:
         async with self._lock(name):
-            model_dir = self.repo / name
-            if "/" in name or name.startswith(".") or not (model_dir / CONFIG_NAME).is_file():
-                raise ModelNotFound(
-                    f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
-                )
             record = self._records.setdefault(name, ModelRecord())
             old = dict(self._routes.get(name, {}))
-            if not old:
-                record.state = LOADING
-            record.fingerprint = Fingerprint.of(model_dir)
             try:
-                new = await asyncio.to_thread(load_versions, self.settings, self.metrics, name, old)
+                model_dir = self._check_name(name)
+                if not old:
+                    record.state = LOADING
+                record.fingerprint = await asyncio.to_thread(Fingerprint.of, model_dir)
+                new = await asyncio.to_thread(
+                    load_versions, self.settings, self.metrics, name, old, self.cpus
+                )
             except ServeError as e:
                 record.reason = str(e)
                 if not old:
                     record.state = UNAVAILABLE
+                    self._failed.add(name)
+                await self._changed(name)
                 raise
             for served in new.values():
                 if old.get(served.version) is not served:
@@ -184,25 +239,33 @@ class ModelManager:
             self._routes[name] = new
             self._latest[name] = new[max(new)]
             record.state, record.reason = READY, ""
-            if self.on_change is not None:
-                await self.on_change(name, True)
+            self._failed.discard(name)
+            await self._changed(name)
             retired = [v for k, v in old.items() if new.get(k) is not v]
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
 
-    async def unload(self, name: str) -> None:
+    async def _unload(self, name: str) -> None:
         async with self._lock(name):
             versions_ = self._routes.pop(name, None)
             self._latest.pop(name, None)
+            was_failed = name in self._failed
+            self._failed.discard(name)
             if versions_ is None:
                 if not (self.repo / name / CONFIG_NAME).is_file() and name not in self._records:
                     raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
+                if was_failed:
+                    self._records[name].state, self._records[name].reason = UNAVAILABLE, "unloaded"
+                    await self._changed(name)
                 return
             record = self._records.setdefault(name, ModelRecord())
             record.state, record.reason = UNLOADING, ""
-            if self.on_change is not None:
-                await self.on_change(name, False)
+            await self._changed(name)
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
             record.state, record.reason = UNAVAILABLE, "unloaded"
+
+    async def _changed(self, name: str) -> None:
+        if self.on_change is not None:
+            await self.on_change(name)
 
     # ----------------------------------------------------------------- poll
 
@@ -219,8 +282,22 @@ class ModelManager:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:
-        """Load new or changed models, unload removed ones."""
-        on_disk = set(model_names(self.repo))
+        """Load new or changed models, unload removed ones. A repository that is missing or empty while
+        models are loaded is taken for a volume being remounted: the cycle is skipped."""
+        on_disk = set(await asyncio.to_thread(model_names, self.repo))
+        if self._routes and not on_disk:
+            state = "empty" if self.repo.is_dir() else "missing"
+            log.warning(
+                "repository poll: %s is %s while %d model(s) are loaded; skipping this cycle (unload "
+                "explicitly or remove the models one by one to retire them)",
+                self.repo,
+                state,
+                len(self._routes),
+            )
+            return
+        for name in sorted(self._failed - on_disk):  # a broken model removed from disk no longer counts
+            self._failed.discard(name)
+            await self._changed(name)
         if self.settings.load_model:
             on_disk &= set(self.settings.load_model)
         for name in sorted(on_disk):

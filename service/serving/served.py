@@ -89,7 +89,7 @@ class ServedVersion:
         self.load_seconds = load_seconds
         self.fingerprint = fingerprint
         self.batcher = DynamicBatcher(
-            f"{name}/{version}", [b.infer for b in backends], policy, telemetry, inline=inline
+            f"{name}/{version}", [b.run for b in backends], policy, telemetry, inline=inline
         )
         self.inflight = InflightCounter()
 

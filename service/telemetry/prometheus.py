@@ -9,10 +9,10 @@ from NVML, read at scrape time, and exist only where NVML finds a GPU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,8 +28,15 @@ MV = ["model", "version"]
 class ServerMetrics:
     """The telemetry of every model version ever loaded, and the registry that exposes it."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, gpu: bool = True) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        gpu: bool = True,
+        loop_lag: Callable[[], float] | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.loop_lag = loop_lag  # seconds the event loop's last heartbeat ran late
         self._versions: dict[tuple[str, str, str, str], VersionTelemetry] = {}
         self.unknown_model = dict.fromkeys(OUTCOMES, 0)
         self.registry.register(_ServingCollector(self))
@@ -52,11 +59,6 @@ class ServerMetrics:
 
     def count_unknown_model(self, outcome: str) -> None:
         self.unknown_model[outcome] += 1
-
-    def serve(self, host: str, port: int) -> tuple[Any, int]:
-        """Serve /metrics over HTTP in a daemon thread; returns (server, bound port)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server, server.server_port
 
 
 class _ServingCollector(Collector):
@@ -121,6 +123,13 @@ class _ServingCollector(Collector):
             load.add_metric(list(t.labels[:3]), t.load_seconds)
             ready.add_metric(list(t.labels), 1.0 if t.ready else 0.0)
         yield from (rows, depth, inflight, load, ready)
+        if self._metrics.loop_lag is not None:
+            lag = GaugeMetricFamily(
+                "cnnserve_event_loop_lag_seconds",
+                "How late the event loop's last heartbeat ran (everything on the loop waits this long)",
+            )
+            lag.add_metric([], self._metrics.loop_lag())
+            yield lag
 
 
 class NvmlCollector(Collector):

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from protos import health_pb2, health_pb2_grpc
 from service.client import InferenceServerError
 from tests.deploy.deploy_contract import (
     DEPLOY,

@@ -110,7 +110,7 @@ def test_preprocess_grayscale_resize_from_png():
 
 
 def test_undecodable_image():
-    with pytest.raises(ImageDecodeError, match="cannot decode image \\(5 bytes\\)"):
+    with pytest.raises(ImageDecodeError, match="cannot decode image: 5 bytes are not an image"):
         preprocess_bytes(b"hello", IMAGENET_INPUT)
 
 

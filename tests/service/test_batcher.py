@@ -129,6 +129,24 @@ def test_requests_arriving_while_busy_are_batched_and_answered_in_order():
         np.testing.assert_array_equal(out, rows(1, i) * 10)
 
 
+def test_tensors_and_pixels_never_share_a_batch():
+    async def main():
+        instance = Recorder(delay=0.05)
+        batcher = DynamicBatcher("m", [instance], policy(max_batch_size=8))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(1, 0)))
+        await asyncio.sleep(0.01)  # computing: the next ones queue
+        kinds = [rows(1, 1), rows(1, 2), np.full((1, 2), 3, np.uint8), rows(1, 4)]
+        rest = [asyncio.ensure_future(batcher.submit(x)) for x in kinds]
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return instance.batches, results
+
+    batches, results = run(main())
+    assert batches == [1, 2, 1, 1]  # FIFO, and a batch never mixes dtypes
+    assert results[3].dtype == np.uint8 and results[3][0, 0] == 30
+
+
 def test_max_queue_delay_gathers_a_batch_and_n_row_requests_count_as_n():
     async def main():
         instance = Recorder()

@@ -142,7 +142,7 @@ def test_failed_startup_model_makes_the_server_not_ready(repo, lenet_copy):
         try:
             return (
                 m.ready,
-                m.startup_failures,
+                m.failed(),
                 {e.name: (e.state, e.reason) for e in m.index()},
                 m.resolve("lenet5"),
             )

@@ -8,7 +8,7 @@ import pytest
 from modelrepo.preprocess import InputSpec
 from modelrepo.reader import ModelIO
 from protos.wire import serialize_bytes
-from service.dataplane.inputs import IMAGES, TENSOR, read_input, read_top_k, request_deadline
+from service.dataplane.inputs import IMAGES, PIXELS, TENSOR, read_input, read_top_k, request_deadline
 from service.dataplane.types import InferRequest, InputTensor, RequestedOutput
 from service.errors import InvalidInput
 
@@ -28,6 +28,15 @@ def test_fp32_raw_is_a_zero_copy_view():
     assert not got.data.flags.writeable
 
 
+def test_pixels_are_uint8_nhwc_viewed_without_copying():
+    x = np.arange(32, dtype=np.uint8).reshape(2, 4, 4, 1)
+    got = read_input(_request(InputTensor("pixels", "UINT8", [2, 4, 4, 1], raw=x.tobytes())), IO)
+    assert got.kind == PIXELS and got.rows == 2 and got.data.dtype == np.uint8
+    np.testing.assert_array_equal(got.data, x)
+    typed = read_input(_request(InputTensor("pixels", "UINT8", [1, 4, 4, 1], values=list(range(16)))), IO)
+    np.testing.assert_array_equal(typed.data.ravel(), np.arange(16))
+
+
 def test_fp32_typed_values():
     got = read_input(_request(InputTensor("input", "FP32", [1, 1, 4, 4], values=list(range(16)))), IO)
     np.testing.assert_array_equal(got.data.ravel(), np.arange(16))
@@ -37,7 +46,10 @@ def test_fp32_typed_values():
     ("tensor", "message"),
     [
         (InputTensor("input", "FP16", [1, 1, 4, 4], raw=b""), "datatype must be FP32, got 'FP16'"),
-        (InputTensor("input", "FP32", [1, 4, 4], raw=b""), r"shape must be \[N, 1, 4, 4\], got \[1, 4, 4\]"),
+        (
+            InputTensor("input", "FP32", [1, 4, 4], raw=b""),
+            r"shape must be \[N, 1, 4, 4\] \(NCHW, normalized\), got \[1, 4, 4\]",
+        ),
         (InputTensor("input", "FP32", [0, 1, 4, 4], raw=b""), "batch dimension must be >= 1, got 0"),
         (InputTensor("input", "FP32", [-3, 1, 4, 4], raw=b""), "batch dimension must be >= 1, got -3"),
         (
@@ -54,6 +66,13 @@ def test_fp32_typed_values():
             "both raw contents and typed contents",
         ),
         (InputTensor("pixels?", "FP32", [1], raw=b""), "unknown input 'pixels\\?'"),
+        (InputTensor("pixels", "FP32", [1, 4, 4, 1], raw=b""), "datatype must be UINT8, got 'FP32'"),
+        (InputTensor("pixels", "UINT8", [1, 1, 4, 4], raw=b""), r"shape must be \[N, 4, 4, 1\] \(NHWC\)"),
+        (InputTensor("pixels", "UINT8", [1, 4, 4, 1], raw=b"\0" * 15), "hold 15 bytes, expected 16"),
+        (
+            InputTensor("pixels", "UINT8", [1, 4, 4, 1], values=[256] * 16),
+            "UINT8 elements must lie in 0..255",
+        ),
         (InputTensor("image", "FP32", [1], raw=b""), "datatype must be BYTES"),
         (InputTensor("image", "BYTES", [1, 2], raw=b""), r"shape must be \[N\] or \[N, 1\]"),
     ],

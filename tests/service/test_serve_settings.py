@@ -15,6 +15,29 @@ def test_defaults_match_the_contract():
     assert (s.repo, s.host, s.grpc_port, s.metrics_port) == (Path("model_repository"), "0.0.0.0", 8001, 8002)
     assert (s.model_control_mode, s.load_model, s.poll_interval, s.grace_period) == ("none", (), 5.0, 30.0)
     assert (s.max_message_bytes, s.device, s.log_level) == (67108864, "auto", "info")
+    assert (s.health_port, s.max_inflight, s.max_inflight_bytes) == (8003, 1024, 1 << 30)
+    assert (s.max_image_pixels, s.tls_cert, s.restricted_protocol) == (25_000_000, None, ())
+
+
+def test_tls_and_restriction_settings(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("y")
+    s = load_settings(["--tls-cert", str(cert), "--tls-key", str(key)], env={})
+    assert (s.tls_cert, s.tls_key, s.tls_client_ca) == (cert, key, None)
+    with pytest.raises(
+        SettingsError, match="--tls-cert / SERVE_TLS_CERT and --tls-key / SERVE_TLS_KEY go together"
+    ):
+        load_settings(["--tls-cert", str(cert)], env={})
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(["--tls-cert", str(cert), "--tls-key", str(tmp_path / "missing")], env={})
+    env = {"SERVE_RESTRICTED_PROTOCOL": "model-repository:admin=1; statistics,model-config:ops=2"}
+    flags = ["--restricted-protocol", "inference:k=v"]
+    assert load_settings([], env=env).restricted_protocol == (
+        "model-repository:admin=1",
+        "statistics,model-config:ops=2",
+    )
+    assert load_settings(flags, env=env).restricted_protocol == ("inference:k=v",)
 
 
 def test_env_names_match_the_contract():
@@ -30,6 +53,14 @@ def test_env_names_match_the_contract():
         "max_message_bytes": "SERVE_MAX_MESSAGE_BYTES",
         "device": "SERVE_DEVICE",
         "log_level": "SERVE_LOG_LEVEL",
+        "health_port": "SERVE_HEALTH_PORT",
+        "max_inflight": "SERVE_MAX_INFLIGHT",
+        "max_inflight_bytes": "SERVE_MAX_INFLIGHT_BYTES",
+        "max_image_pixels": "SERVE_MAX_IMAGE_PIXELS",
+        "tls_cert": "SERVE_TLS_CERT",
+        "tls_key": "SERVE_TLS_KEY",
+        "tls_client_ca": "SERVE_TLS_CLIENT_CA",
+        "restricted_protocol": "SERVE_RESTRICTED_PROTOCOL",
     }
 
 

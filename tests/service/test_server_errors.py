@@ -53,8 +53,8 @@ CASES = {
     "wrong input name": (
         raw_request(name="data"),
         INVALID,
-        "unknown input 'data'; model 'lenet5' expects exactly one of 'input' (FP32 [N, 1, 32, 32]) "
-        "or 'image' (BYTES [N], one encoded JPEG/PNG per row)",
+        "unknown input 'data'; model 'lenet5' expects exactly one of 'input' (FP32 [N, 1, 32, 32]), "
+        "'pixels' (UINT8 [N, 32, 32, 1]) or 'image' (BYTES [N], one encoded JPEG/PNG image per row)",
     ),
     "wrong datatype": (
         raw_request(datatype="FP64"),
@@ -64,7 +64,7 @@ CASES = {
     "wrong shape": (
         raw_request(shape=(1, 3, 32, 32)),
         INVALID,
-        "input 'input': shape must be [N, 1, 32, 32], got [1, 3, 32, 32]",
+        "input 'input': shape must be [N, 1, 32, 32] (NCHW, normalized), got [1, 3, 32, 32]",
     ),
     "byte length": (
         raw_request(raw=b"\0" * 100),
@@ -84,7 +84,7 @@ CASES = {
     "undecodable image": (
         raw_request("image", "BYTES", (1,), serialize_bytes([b"GIF89a?"])),
         INVALID,
-        "input 'image' element 0: cannot decode image (7 bytes)",
+        "input 'image' element 0: cannot decode image: 7 bytes are not one of JPEG, PNG",
     ),
     "image datatype": (
         raw_request("image", "UINT8", (1,), b"\0"),

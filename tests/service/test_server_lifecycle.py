@@ -15,10 +15,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.server import ROOT
 from protos import grpc_service_pb2 as pb
+from protos import health_pb2, health_pb2_grpc
 from protos.wire import add_input
 from service.client import InferenceServerError
 
@@ -112,8 +112,16 @@ def test_poll_mode_picks_up_a_new_version_without_failing_requests(
         client.infer("lenet5", x(), version="1")
     assert info.value.code == grpc.StatusCode.NOT_FOUND
     assert "unloaded lenet5 version 1" in server.log()
-    # removing the folder unloads the model
-    shutil.rmtree(small_repo / "lenet5")
+    # a repository that turns empty is taken for a remounting volume: the poll skips, the model serves
+    parked = tmp_path / "parked"
+    shutil.move(small_repo / "lenet5", parked)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "skipping this cycle" not in server.log():
+        time.sleep(0.1)
+    assert "is empty while 1 model(s) are loaded; skipping this cycle" in server.log()
+    assert client.model_ready("lenet5")
+    # removing the folder while another model is on disk unloads it
+    shutil.copytree(parked, small_repo / "other")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and client.model_ready("lenet5"):
         time.sleep(0.1)

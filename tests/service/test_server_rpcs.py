@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from modelrepo.preprocess import preprocess_bytes
+from modelrepo.preprocess import normalize_pixels, preprocess_bytes
 from models.lenet import DIGITS_INPUT
 from protos import grpc_service_pb2 as pb
+from protos import health_pb2, health_pb2_grpc
 from protos import model_config_pb2 as mc
 from protos.wire import add_input, output_array, serialize_bytes
 
@@ -60,11 +60,15 @@ def test_server_metadata(client):
     assert {"classification", "model_repository", "statistics", "model_configuration"} <= set(meta.extensions)
 
 
-def test_model_metadata_advertises_both_inputs(client):
+def test_model_metadata_advertises_the_three_inputs(client):
     meta = client.model_metadata("lenet5")
     assert (meta.name, list(meta.versions), meta.platform) == ("lenet5", ["1"], "onnxruntime_onnx")
     inputs = {t.name: (t.datatype, list(t.shape)) for t in meta.inputs}
-    assert inputs == {"input": ("FP32", [-1, 1, 32, 32]), "image": ("BYTES", [-1])}
+    assert inputs == {
+        "input": ("FP32", [-1, 1, 32, 32]),
+        "pixels": ("UINT8", [-1, 32, 32, 1]),
+        "image": ("BYTES", [-1]),
+    }
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("logits", "FP32", [-1, 10])]
     assert client.model_metadata("lenet5_torch").platform == "pytorch"
 
@@ -73,8 +77,10 @@ def test_model_config(client):
     config = client.model_config("lenet5_batched")
     assert config.name == "lenet5_batched" and config.max_batch_size == 8
     assert config.dynamic_batching.max_queue_delay_microseconds == 300_000
-    assert [i.name for i in config.input] == ["input", "image"]
-    image = config.input[1]
+    assert [i.name for i in config.input] == ["input", "pixels", "image"]
+    pixels, image = config.input[1], config.input[2]
+    assert pixels.data_type == mc.TYPE_UINT8 and pixels.optional and list(pixels.dims) == [32, 32, 1]
+    assert pixels.format == mc.ModelInput.FORMAT_NHWC
     assert image.data_type == mc.TYPE_STRING and image.optional and list(image.dims) == [1]
     assert config.output[0].label_filename == "labels.txt"
 
@@ -84,6 +90,13 @@ def test_model_infer_equals_onnxruntime(client, model_repo):
     logits = client.infer("lenet5", x)
     assert logits.shape == (5, 10) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, direct(model_repo, "lenet5", x), rtol=1e-5, atol=1e-6)
+
+
+def test_pixels_are_normalized_by_the_server_as_the_manifest_says(client, model_repo):
+    pixels = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    expected = direct(model_repo, "lenet5", normalize_pixels(pixels, DIGITS_INPUT))
+    np.testing.assert_allclose(client.infer_pixels("lenet5", pixels), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(client.infer_pixels("lenet5_int8", pixels).argmax(1), expected.argmax(1))
 
 
 def test_typed_contents_are_accepted(stub, model_repo):

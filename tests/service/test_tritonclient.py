@@ -112,10 +112,14 @@ def test_health_and_metadata(triton_session):
     meta = out["model_metadata"]
     assert meta["name"] == "lenet5" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
     inputs = {t["name"]: (t["datatype"], t["shape"]) for t in meta["inputs"]}
-    assert inputs == {"input": ("FP32", ["-1", "1", "32", "32"]), "image": ("BYTES", ["-1"])}
+    assert inputs == {
+        "input": ("FP32", ["-1", "1", "32", "32"]),
+        "pixels": ("UINT8", ["-1", "32", "32", "1"]),
+        "image": ("BYTES", ["-1"]),
+    }
     config = out["model_config"]["config"]
     assert config["name"] == "lenet5" and config["max_batch_size"] == 32  # as python -m export wrote it
-    assert [i["name"] for i in config["input"]] == ["input", "image"]
+    assert [i["name"] for i in config["input"]] == ["input", "pixels", "image"]
     assert config["output"][0]["label_filename"] == "labels.txt"
 
 
