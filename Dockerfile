@@ -40,15 +40,16 @@ ENV SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
     SERVE_GRPC_PORT=8001 \
     SERVE_METRICS_PORT=8002 \
+    SERVE_HEALTH_PORT=8003 \
     SERVE_GRACE_PERIOD_SECONDS=30 \
     SERVE_DEVICE=cpu \
     SERVE_LOG_LEVEL=info \
     XDG_CACHE_HOME=/tmp/.cache
 WORKDIR /home/cnnserve
 USER 10001:10001
-EXPOSE 8001 8002
+EXPOSE 8001 8002 8003
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_GRPC_PORT}" --timeout 3
+    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_HEALTH_PORT}" --timeout 3
 ENTRYPOINT ["python", "-m", "service"]
 
 # ---- gpu: NVIDIA TensorRT base (CUDA, cuDNN, TensorRT and its Python bindings), project with the gpu extra.
@@ -78,6 +79,7 @@ ENV SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
     SERVE_GRPC_PORT=8001 \
     SERVE_METRICS_PORT=8002 \
+    SERVE_HEALTH_PORT=8003 \
     SERVE_GRACE_PERIOD_SECONDS=30 \
     SERVE_DEVICE=cuda \
     SERVE_LOG_LEVEL=info \
@@ -85,7 +87,7 @@ ENV SERVE_REPO=/models \
     CUDA_CACHE_PATH=/tmp/.nv/ComputeCache
 WORKDIR /home/cnnserve
 USER 10001:10001
-EXPOSE 8001 8002
+EXPOSE 8001 8002 8003
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
-    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_GRPC_PORT}" --timeout 3
+    CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_HEALTH_PORT}" --timeout 3
 ENTRYPOINT ["python", "-m", "service"]

@@ -80,6 +80,8 @@ class Setting:
 
 
 def _env_value(value: object) -> str | None:
+    if value is None:
+        return None
     if isinstance(value, tuple):
         return ",".join(value) or None
     if isinstance(value, float):

@@ -59,8 +59,8 @@ def test_runtime_entrypoint_and_healthcheck(dockerfile, target):
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", healthcheck_module]
     address = argv[argv.index("--address") + 1]
-    # Shell form, so the address follows SERVE_GRPC_PORT when a deployment changes it.
-    assert address == "127.0.0.1:${SERVE_GRPC_PORT}"
+    # Shell form, so the address follows SERVE_HEALTH_PORT (answered apart from inference) when changed.
+    assert address == "127.0.0.1:${SERVE_HEALTH_PORT}"
     assert "--start-period=" in options
 
 
@@ -80,7 +80,8 @@ def test_runtime_settings_and_ports(dockerfile, target):
     ports = {int(port) for args in stage.all("EXPOSE") for port in args.split()}
     grpc = int(serve_vars.get("SERVE_GRPC_PORT", settings["SERVE_GRPC_PORT"].default))
     metrics = int(serve_vars.get("SERVE_METRICS_PORT", settings["SERVE_METRICS_PORT"].default))
-    assert ports == {grpc, metrics}
+    health = int(serve_vars.get("SERVE_HEALTH_PORT", settings["SERVE_HEALTH_PORT"].default))
+    assert ports == {grpc, metrics, health}
     assert grpc == int(settings["SERVE_GRPC_PORT"].default)
     assert metrics == int(settings["SERVE_METRICS_PORT"].default)
 
@@ -123,13 +124,14 @@ def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp
     """The cpu stage's ENTRYPOINT with its ENV (repository, loopback and free ports swapped in for this
     sandbox) serves; its HEALTHCHECK command, run by a shell as Docker does, passes; SIGTERM exits 0."""
     stage = dockerfile[1]["cpu"]
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
     env = {
         **stage.env(),
         "SERVE_REPO": str(lenet5_export.repo),
         "SERVE_HOST": "127.0.0.1",
         "SERVE_GRPC_PORT": str(grpc_port),
         "SERVE_METRICS_PORT": str(metrics_port),
+        "SERVE_HEALTH_PORT": str(health_port),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
         # `python` on PATH is this interpreter, as it is the image's
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -154,7 +156,7 @@ def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp
             check=False,
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert f"127.0.0.1:{grpc_port} (server): SERVING" in check.stdout
+        assert f"127.0.0.1:{health_port} (server): SERVING" in check.stdout
         assert "onnxruntime on cpu" in server.log()  # SERVE_DEVICE=cpu from the ENV
     finally:
         assert server.terminate() == 0, server.log()

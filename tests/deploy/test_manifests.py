@@ -178,6 +178,8 @@ def test_ports_and_probes_follow_the_server_settings(directory):
     grpc_port = port_named(container, grpc_name)
     assert grpc_port == int(setting(env, "SERVE_GRPC_PORT"))
     assert port_named(container, "metrics") == int(setting(env, "SERVE_METRICS_PORT"))
+    health_port = port_named(container, "health")
+    assert health_port == int(setting(env, "SERVE_HEALTH_PORT"))
     # The kubelet probes the pod IP, so the server must not listen on loopback only.
     assert setting(env, "SERVE_HOST") == "0.0.0.0"
 
@@ -185,7 +187,9 @@ def test_ports_and_probes_follow_the_server_settings(directory):
     for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[probe_name]
         assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{probe_name}: native gRPC"
-        assert probe["grpc"]["port"] == grpc_port, probe_name
+        assert probe["grpc"]["port"] == health_port, (
+            f"{probe_name}: the health port answers apart from inference"
+        )
         service = probe["grpc"].get("service", "")
         if probe_name == "livenessProbe":
             assert service == liveness_service
