@@ -28,6 +28,8 @@ SECTION_MODULES = (
     "bench.export",
     "bench.serve",
     "bench.gpu",
+    "bench.peers",
+    "bench.delay",
 )
 
 

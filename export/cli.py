@@ -17,6 +17,7 @@ from export.options import DEFAULT_CALIB_SAMPLES, DEFAULT_MAX_BATCH_SIZE, DEFAUL
 from export.pipeline import ExportResult, export_model
 from export.progress import Reporter, RichReporter
 from export.tensorrt import TENSORRT_MODES
+from modelrepo.batching import DEFAULT_LATENCY_BUDGET_MS
 from models import UnknownModelError, WeightsError, list_models
 
 
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_INT8_DROP,
         metavar="POINTS",
         help="fail when int8 accuracy drops more (trained weights, labelled data)",
+    )
+    p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=DEFAULT_LATENCY_BUDGET_MS,
+        metavar="MS",
+        help="fit the batching (max_batch_size, preferred size, queue delay) to latencies measured here",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs")
     p.add_argument("--quiet", action="store_true", help="no progress, only the summary")
@@ -129,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tensorrt=args.tensorrt,
             max_int8_drop=args.max_int8_drop,
             seed=args.seed,
+            latency_budget_ms=args.latency_budget_ms,
             reporter=reporter,
         )
     except ExportError as e:

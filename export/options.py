@@ -10,6 +10,7 @@ from export.errors import ExportError
 from export.int8 import CALIBRATION_METHODS
 from export.onnx_export import DEFAULT_OPSET, MIN_OPSET
 from export.tensorrt import TENSORRT_MODES
+from modelrepo.batching import DEFAULT_LATENCY_BUDGET_MS
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_CALIB_SAMPLES = 256
@@ -36,6 +37,7 @@ class ExportOptions:
     tensorrt: str = "auto"
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP
     seed: int = 0
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS  # the batching fitted to the measured latencies
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "repo", Path(self.repo))
@@ -53,6 +55,8 @@ class ExportOptions:
             self._bad(
                 "calib_method", f"must be one of {', '.join(CALIBRATION_METHODS)}, got {self.calib_method!r}"
             )
+        if not self.latency_budget_ms > 0:
+            self._bad("latency_budget_ms", f"must be > 0 milliseconds, got {self.latency_budget_ms}")
         if self.tensorrt not in TENSORRT_MODES:
             self._bad("tensorrt", f"must be one of {', '.join(TENSORRT_MODES)}, got {self.tensorrt!r}")
 

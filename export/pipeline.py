@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from export import calibration as cal
-from export.batching import default_batching
 from export.errors import ExportError, ValidationError, VersionExistsError
 from export.fp16 import convert_fp16
 from export.int8 import quantize_int8
@@ -32,6 +31,7 @@ from export.validate import (
     Tolerance,
     accuracy,
     compare,
+    cpu_count,
     ort_session,
     parity_batch_sizes,
     parity_inputs,
@@ -42,6 +42,7 @@ from export.validate import (
 )
 from export.versions import tool_versions
 from modelrepo import writer as repo_writer
+from modelrepo.batching import Fit, fit, measure_curve
 from modelrepo.entries import entry_config, entry_manifest, served_name
 from modelrepo.manifest import Manifest
 from modelrepo.names import artifact_file
@@ -307,11 +308,32 @@ def _export_fp32(run: _Run) -> None:
     _finish(run, "fp32", validation)
 
 
+def _fit_batching(run: _Run, precision: str, plan: dict | None) -> Fit:
+    """The batching of the entry, fitted to latencies measured on this machine with the runtime that serves
+    it by default (the TensorRT plan where one was built, else onnxruntime on the CPU)."""
+    options, spec = run.options, run.loaded.input_spec
+    onnx = run.onnx_path(precision)
+    budget_s = options.latency_budget_ms / 1e3
+    with run.stage(
+        f"measure {precision} latency against batch size (budget {options.latency_budget_ms:g} ms)"
+    ):
+        if plan is not None:
+            runner = PlanRunner(onnx.parent / PLAN_FILE)
+            curve = measure_curve(runner, spec.shape, options.max_batch_size, budget_s)
+        else:
+            session = ort_session(onnx, threads=cpu_count())
+            curve = measure_curve(
+                lambda x: run_session(session, x, len(x)), spec.shape, options.max_batch_size, budget_s
+            )
+    return fit(curve, options.max_batch_size, options.latency_budget_ms)
+
+
 def _finish(
     run: _Run, precision: str, validation: dict, plan: dict | None = None, quantization: dict | None = None
 ) -> None:
     loaded = run.loaded
     name = served_name(loaded.name, precision)
+    fitted = _fit_batching(run, precision, plan)
     fmt, fallback, gpu = "onnx", None, None
     if plan is not None:  # the plan is the artifact; the ONNX model beside it is the fallback
         validation = {**plan.pop("validation"), "runtime": "tensorrt", "fallback": validation}
@@ -330,6 +352,7 @@ def _finish(
         fallback_fmt=fallback,
         quantization=quantization,
         gpu=gpu,
+        batching=fitted.record(),
     )
     config = entry_config(
         name,
@@ -338,7 +361,7 @@ def _finish(
         fmt=fmt,
         spec=loaded.input_spec,
         num_classes=loaded.num_classes,
-        batching=default_batching(run.options.max_batch_size),
+        batching=fitted.batching,
     )
     run.writer.finish(name, config, loaded.labels, manifest)
 

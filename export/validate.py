@@ -34,10 +34,25 @@ FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 FP16_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-2)  # the family measured <= 1e-3 relative
 
 
-def ort_session(path: str | os.PathLike, providers: Sequence[str] = (CPU_PROVIDER,)) -> ort.InferenceSession:
+def ort_session(
+    path: str | os.PathLike, providers: Sequence[str] = (CPU_PROVIDER,), threads: int = 0
+) -> ort.InferenceSession:
+    """A session as the server runs one on the CPU with ``threads`` intra-op threads (0: onnxruntime's
+    default)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: fp16/QDQ models log harmless layout warnings
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), as the server sizes onnxruntime's threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def run_session(session: ort.InferenceSession, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -85,6 +85,7 @@ def entry_manifest(
     fallback_fmt: str | None = None,
     quantization: dict[str, Any] | None = None,
     gpu: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of ``version_dir``, whose artifact (format ``fmt``, and the ``fallback_fmt`` artifact
     beside it, if any) is already written: their sha256 are taken from the files."""
@@ -110,4 +111,5 @@ def entry_manifest(
         fallback=fallback,
         quantization=quantization,
         gpu=gpu,
+        batching=batching,
     )

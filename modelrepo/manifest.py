@@ -86,6 +86,7 @@ class Manifest:
     fallback: Artifact | None = None  # e.g. model.onnx beside a TensorRT plan
     quantization: dict[str, Any] | None = None
     gpu: dict[str, Any] | None = None  # name, compute_capability (for plans)
+    batching: dict[str, Any] | None = None  # the latency curve the config's batching was fitted to
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     schema: int = SCHEMA_VERSION
 
@@ -163,6 +164,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "fallback": (dict, Artifact, type(None)),
     "quantization": (dict, type(None)),
     "gpu": (dict, type(None)),
+    "batching": (dict, type(None)),
     "created_at": (str,),
     "schema": (int,),
 }

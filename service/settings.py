@@ -45,6 +45,7 @@ class Settings:
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
     restricted_protocol: tuple[str, ...] = ()  # "GROUP[,GROUP...]:KEY=VALUE" each
+    tune: bool = False  # re-fit each model's batching to latencies measured at warm-up
 
     def __post_init__(self) -> None:
         for name, choices in CHOICES.items():
@@ -86,6 +87,13 @@ class _Option:
 
 def _names(value: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(value)
+    return lowered in ("1", "true", "yes", "on")
 
 
 def _restrictions(value: str) -> tuple[str, ...]:
@@ -145,6 +153,13 @@ OPTIONS: dict[str, _Option] = {
         "GROUP[,GROUP]:KEY=VALUE: those RPC groups need that header (repeatable; env: ';'-separated)",
         repeatable=True,
     ),
+    "tune": _Option(
+        "--tune",
+        "SERVE_TUNE",
+        _boolean,
+        "re-fit batching (max batch, preferred size, delay) to latencies measured at warm-up",
+        extra={"action": "store_const", "const": "1"},
+    ),
 }
 
 
@@ -171,7 +186,7 @@ def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{opt.help} [{opt.env}; {shown}]"}
         if opt.repeatable:
             kwargs["action"] = "append"
-        parser.add_argument(opt.flag, **kwargs)
+        parser.add_argument(opt.flag, **kwargs, **opt.extra)
     return parser
 
 
@@ -180,7 +195,9 @@ def _convert(name: str, raw: str, source: str) -> Any:
     try:
         return opt.parse(raw)
     except ValueError:
-        kind = {int: "an integer", float: "a number"}.get(opt.parse, "a valid value")
+        kind = {int: "an integer", float: "a number", _boolean: "true or false"}.get(
+            opt.parse, "a valid value"
+        )
         raise SettingsError(f"{source} must be {kind}, got {raw!r}") from None
 
 

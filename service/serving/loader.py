@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from modelrepo.batching import DEFAULT_LATENCY_BUDGET_MS, fit, measure_curve
+from modelrepo.manifest import Manifest
 from modelrepo.reader import EntryError, ModelFolder, ModelIO, VersionEntry, read_model_folder, read_version
+from protos import model_config_pb2 as mc
 from service.backends import (
     ArtifactChoice,
     Backend,
@@ -92,6 +96,10 @@ def _build_version(
     except BaseException:
         close_backends(backends)
         raise
+    io = entry.io
+    if settings.tune:
+        config, io = tune(name, config, io, manifest, backends[0])
+        policy = policy_from_config(config)
     telemetry = metrics.telemetry(name, str(version), backends[0].kind, choice.precision)
     seconds = time.monotonic() - started
     log.info(
@@ -113,12 +121,34 @@ def _build_version(
         choice=choice,
         backends=backends,
         policy=policy,
-        io=entry.io,
+        io=io,
         telemetry=telemetry,
         load_seconds=seconds,
         fingerprint=entry.fingerprint,
         inline=inline,
     )
+
+
+def tune(
+    name: str, config: mc.ModelConfig, io: ModelIO, manifest: Manifest, backend: Backend
+) -> tuple[mc.ModelConfig, ModelIO]:
+    """The config with its batching fitted to latencies measured now, on this machine and instance
+    (``--tune``), within the latency budget the export used; the reason goes into its parameters."""
+    budget_ms = float((manifest.batching or {}).get("latency_budget_ms", DEFAULT_LATENCY_BUDGET_MS))
+    curve = measure_curve(backend.run, io.input_shape, config.max_batch_size, budget_ms / 1e3)
+    fitted = fit(curve, config.max_batch_size, budget_ms)
+    tuned = mc.ModelConfig()
+    tuned.CopyFrom(config)
+    tuned.max_batch_size = fitted.batching.max_batch_size
+    if tuned.HasField("dynamic_batching"):
+        batching = tuned.dynamic_batching
+        batching.ClearField("preferred_batch_size")
+        batching.preferred_batch_size.extend(fitted.batching.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = fitted.batching.max_queue_delay_microseconds
+        batching.default_queue_policy.max_queue_size = fitted.batching.max_queue_size
+    tuned.parameters["batching_tuned"].string_value = fitted.reason
+    log.info("tuned %s at warm-up: %s", name, fitted.reason)
+    return tuned, replace(io, max_batch_size=tuned.max_batch_size)
 
 
 def read_artifact(name: str, version: int, choice: ArtifactChoice) -> bytes:
