@@ -5,8 +5,9 @@ service --tune`` fits them again at warm-up, on the serving machine.
 
 The rules, from the measured curve ``t(b)`` (median seconds of one batch of ``b`` rows):
 
-- ``max_batch_size``: the largest measured ``b`` (up to the export's limit) whose batch takes at most half
-  the budget, leaving the other half for waiting in the queue; at least 1.
+- ``max_batch_size``: the largest measured ``b`` (up to the export's limit) whose batch computes within
+  the budget; at least 1. (Under load a larger batch only adds throughput, but a batch that alone takes
+  longer than the budget cannot answer within it.)
 - preferred size: the knee, the smallest ``b`` that reaches 95% of the best throughput ``b / t(b)`` within
   ``max_batch_size`` (none when that is 1 or ``max_batch_size`` itself: a full batch goes at once anyway).
 - queue delay: waiting for company pays only where a batch costs much less per row than a single row (the
@@ -89,7 +90,7 @@ def measure_curve(
 def fit(curve: list[tuple[int, float]], limit: int, budget_ms: float = DEFAULT_LATENCY_BUDGET_MS) -> Fit:
     """The batching settings for ``curve`` (see the module's rules)."""
     budget = budget_ms / 1e3
-    fitting = [(b, t) for b, t in curve if b <= limit and t <= budget / 2]
+    fitting = [(b, t) for b, t in curve if b <= limit and t <= budget]
     if not fitting:
         fitting = [curve[0]]
     max_batch = fitting[-1][0]
@@ -119,5 +120,5 @@ def fit(curve: list[tuple[int, float]], limit: int, budget_ms: float = DEFAULT_L
         max_queue_delay_microseconds=delay_us,
         max_queue_size=QUEUE_ROWS_PER_BATCH * max_batch,
     )
-    reason = f"max_batch_size {max_batch}: the largest batch within half the {budget_ms:g} ms budget; {why}"
+    reason = f"max_batch_size {max_batch}: the largest batch computed within the {budget_ms:g} ms budget; {why}"
     return Fit(batching, tuple(curve), budget_ms, reason)

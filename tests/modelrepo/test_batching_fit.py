@@ -27,10 +27,10 @@ def test_a_gpu_like_curve_waits_one_row_and_prefers_the_knee():
 def test_a_cpu_bound_model_is_limited_by_the_budget_and_does_not_wait():
     curve = [(b, 0.025 * b) for b in batch_sizes(32)]  # resnet-like on a CPU: linear
     fitted = fit(curve, 32, 100)
-    assert fitted.batching.max_batch_size == 2  # 50 ms = half the budget
+    assert fitted.batching.max_batch_size == 4  # 100 ms: the whole budget
     assert fitted.batching.max_queue_delay_microseconds == 0 and "would not pay" in fitted.reason
     record = fitted.record()
-    assert record["latency_budget_ms"] == 100 and record["chosen"]["max_batch_size"] == 2
+    assert record["latency_budget_ms"] == 100 and record["chosen"]["max_batch_size"] == 4
 
 
 def test_a_model_slower_than_the_budget_still_serves_one_row():
