@@ -120,5 +120,6 @@ def fit(curve: list[tuple[int, float]], limit: int, budget_ms: float = DEFAULT_L
         max_queue_delay_microseconds=delay_us,
         max_queue_size=QUEUE_ROWS_PER_BATCH * max_batch,
     )
-    reason = f"max_batch_size {max_batch}: the largest batch computed within the {budget_ms:g} ms budget; {why}"
+    reason = f"max_batch_size {max_batch}: the largest batch computed within the {budget_ms:g} ms budget; "
+    reason += why
     return Fit(batching, tuple(curve), budget_ms, reason)
