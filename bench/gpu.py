@@ -85,13 +85,14 @@ def backends(ctx: BenchContext, work: Path) -> tuple[dict[str, Infer], dict[str,
 
         for precision, path in (("fp32", fp32), ("fp16", fp16)):
             backend = OnnxRuntimeBackend(
-                path, input_name=INPUT_NAME, output_name=OUTPUT_NAME, device="cuda:0"
+                path, path.read_bytes(), input_name=INPUT_NAME, output_name=OUTPUT_NAME, device="cuda:0"
             )
             found[f"onnxruntime cuda {precision}"] = backend.infer
         if "TensorrtExecutionProvider" in providers:
             with ctx.console.status("building onnxruntime's TensorRT engine (FP16)"):
                 backend = OnnxRuntimeBackend(
                     fp32,
+                    fp32.read_bytes(),
                     input_name=INPUT_NAME,
                     output_name=OUTPUT_NAME,
                     device="cuda:0",
@@ -119,7 +120,7 @@ def backends(ctx: BenchContext, work: Path) -> tuple[dict[str, Infer], dict[str,
                 fp32_onnx=fp32,
             )
         found["tensorrt plan fp16"] = TensorRTBackend(
-            plan, input_name=INPUT_NAME, output_name=OUTPUT_NAME, device="cuda:0"
+            plan, plan.read_bytes(), input_name=INPUT_NAME, output_name=OUTPUT_NAME, device="cuda:0"
         ).infer
     else:
         missing["tensorrt plan"] = status.reason

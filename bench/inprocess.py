@@ -24,11 +24,12 @@ def _server_backend(repo: Path, model: str):
     from modelrepo.layout import versions
     from modelrepo.manifest import Manifest
     from service.backends import choose_artifact, create_backend
+    from service.cpus import cpu_budget
 
     config = read_config(repo / model)
     version_dir = repo / model / str(versions(repo / model)[-1])
     choice = choose_artifact(Manifest.read(version_dir), version_dir, "cpu")
-    backend = create_backend(choice, config, "cpu", cpu_instances=1)
+    backend = create_backend(choice, config, "cpu", choice.path.read_bytes(), threads=cpu_budget().cpus)
     return backend.infer, list(config.input[0].dims), backend.describe()
 
 

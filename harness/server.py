@@ -114,10 +114,15 @@ def _server_ready(address: str) -> bool:
 
 
 def start_server(
-    repo: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 120
+    repo: Path,
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 120,
+    ready_service: str = "",
 ) -> ServerProcess:
-    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health "" is SERVING on its
-    health port."""
+    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health ``ready_service`` ("":
+    the server is ready; "liveness": it is up) is SERVING on its health port."""
     grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable,
@@ -142,5 +147,6 @@ def start_server(
         Path(log_dir) / f"server-{grpc_port}.log",
         env=env,
         ready_timeout=ready_timeout,
+        ready_service=ready_service,
         health_address=f"127.0.0.1:{health_port}",
     )

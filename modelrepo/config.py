@@ -22,12 +22,14 @@ class ConfigError(ValueError):
 def read_config(model_dir: str | os.PathLike) -> mc.ModelConfig:
     path = Path(model_dir) / CONFIG_NAME
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text: {e}") from None
     try:
         return text_format.Parse(text, mc.ModelConfig())
-    except text_format.ParseError as e:
+    except (text_format.ParseError, ValueError) as e:
         raise ConfigError(f"{path} is not a valid ModelConfig: {e}") from None
 
 

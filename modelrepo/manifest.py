@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 from dataclasses import MISSING, asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,7 +23,31 @@ SCHEMA_VERSION = 1
 
 
 class ManifestError(ValueError):
-    """A manifest is missing, unreadable or lacks a required field."""
+    """A manifest is missing, unreadable, lacks a required field or has one of the wrong type."""
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_file_name(what: str, name: Any) -> None:
+    """A file named by a manifest stays inside its version folder: a plain name, no path."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ManifestError(f"{what} must be a file name inside the version folder, got {name!r}")
+
+
+def check_sha256(what: str, digest: Any) -> None:
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ManifestError(f"{what} must be 64 lower-case hex digits, got {digest!r}")
+
+
+def _check_types(obj: Any, types: dict[str, tuple[type, ...]]) -> None:
+    for name, allowed in types.items():
+        value = getattr(obj, name)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ManifestError(
+                f"field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}"
+            )
 
 
 @dataclass
@@ -32,6 +57,15 @@ class Artifact:
     sha256: str
     precision: str
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version, compute capability
+
+    def __post_init__(self) -> None:
+        _check_types(
+            self, {"file": (str,), "format": (str,), "sha256": (str,), "precision": (str,), "extra": (dict,)}
+        )
+        check_file_name("fallback file", self.file)
+        check_sha256("fallback sha256", self.sha256)
+        if self.format not in FORMATS:
+            raise ManifestError(f"fallback format must be one of {sorted(FORMATS)}, got {self.format!r}")
 
 
 @dataclass
@@ -56,15 +90,24 @@ class Manifest:
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        _check_types(self, _FIELD_TYPES)
         if self.precision not in PRECISIONS:
             raise ManifestError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.format not in FORMATS:
             raise ManifestError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
+        check_file_name("artifact", self.artifact)
+        check_sha256("sha256", self.sha256)
+        if self.labels is not None and not all(isinstance(label, str) for label in self.labels):
+            raise ManifestError("labels must be a list of strings")
         if isinstance(self.fallback, dict):
-            self.fallback = Artifact(**self.fallback)
+            try:
+                self.fallback = Artifact(**self.fallback)
+            except TypeError as e:
+                raise ManifestError(f"fallback: {e}") from None
 
     @property
     def input_spec(self) -> InputSpec:
+        """The preprocessing as an InputSpec (ValueError naming what is wrong with it)."""
         return InputSpec.from_dict(self.preprocessing)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,14 +136,36 @@ class Manifest:
     def read(cls, version_dir: str | os.PathLike) -> Manifest:
         path = Path(version_dir) / MANIFEST_NAME
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ManifestError(f"{path} does not exist") from None
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ManifestError(f"{path} is not readable JSON: {e}") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "source_model": (str,),
+    "precision": (str,),
+    "artifact": (str,),
+    "format": (str,),
+    "sha256": (str,),
+    "preprocessing": (dict,),
+    "inputs": (list,),
+    "outputs": (list,),
+    "labels": (list, type(None)),
+    "weights": (dict,),
+    "versions": (dict,),
+    "validation": (dict,),
+    "fallback": (dict, Artifact, type(None)),
+    "quantization": (dict, type(None)),
+    "gpu": (dict, type(None)),
+    "created_at": (str,),
+    "schema": (int,),
+}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -95,7 +95,9 @@ def open_image(
     except UnidentifiedImageError:
         accepted = f"one of {', '.join(formats)}" if formats else "an image"
         raise ImageDecodeError(f"cannot decode image: {len(data)} bytes are not {accepted}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own backstop, past twice its MAX_IMAGE_PIXELS
+        raise ImageDecodeError(f"image exceeds the limit of {max_pixels or 'Pillow'} pixels: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"cannot read the image header ({len(data)} bytes): {e}") from None
     w, h = img.size
     if w < 1 or h < 1:

@@ -7,11 +7,13 @@ this repository; a test that changes one copies it first (``harness.repository.c
 
 from __future__ import annotations
 
+import shutil
 from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.server import start_server
+from harness.tls import TlsFiles, make_tls_files
 
 if TYPE_CHECKING:
     from export import ExportResult
@@ -50,3 +52,11 @@ def lenet5_server(lenet5_export, tmp_path_factory):
     running = start_server(lenet5_export.repo, tmp_path_factory.mktemp("lenet5_server_logs"))
     yield running
     running.terminate()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TlsFiles:
+    """A CA, a server certificate for harness.tls.SERVER_NAME and a client certificate, valid for a day."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is needed to make test certificates")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

@@ -159,12 +159,15 @@ def _gpu_accelerator(config: mc.ModelConfig) -> tuple[str | None, bool]:
     return None, False
 
 
-def _onnxruntime(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+def _onnxruntime(
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int
+) -> Backend:
     from service.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     accelerator, fp16 = _gpu_accelerator(config)
     return OnnxRuntimeBackend(
         choice.path,
+        data,
         input_name=config.input[0].name,
         output_name=config.output[0].name,
         device=device,
@@ -176,33 +179,37 @@ def _onnxruntime(choice: ArtifactChoice, config: mc.ModelConfig, device: str, th
     )
 
 
-def _tensorrt(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+def _tensorrt(
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int
+) -> Backend:
     from service.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(
-        choice.path, input_name=config.input[0].name, output_name=config.output[0].name, device=device
+        choice.path, data, input_name=config.input[0].name, output_name=config.output[0].name, device=device
     )
 
 
-def _torch(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int) -> Backend:
+def _torch(choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int) -> Backend:
     from service.backends.torch_backend import TorchBackend
 
-    return TorchBackend(choice.path, device=device)
+    return TorchBackend(choice.path, data, device=device)
 
 
 # artifact format -> the backend that runs it (each imports its library only when called)
-BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, int], Backend]] = {
+BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, bytes, int], Backend]] = {
     "onnx": _onnxruntime,
     "tensorrt_plan": _tensorrt,
     "torch_export": _torch,
 }
 
 
-def create_backend(choice: ArtifactChoice, config: mc.ModelConfig, device: str, threads: int = 1) -> Backend:
-    """One instance of ``choice`` on ``device`` ("cpu" or "cuda:<i>") with ``threads`` CPU intra-op threads
-    unless the config's ``intra_op_thread_count`` says otherwise; onnxruntime's spin between ops unless the
-    config's ``allow_spinning`` parameter is "0"."""
+def create_backend(
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int = 1
+) -> Backend:
+    """One instance of ``choice`` (its bytes: ``data``) on ``device`` ("cpu" or "cuda:<i>") with ``threads``
+    CPU intra-op threads unless the config's ``intra_op_thread_count`` says otherwise; onnxruntime's spin
+    between ops unless the config's ``allow_spinning`` parameter is "0"."""
     factory = BACKENDS.get(choice.format)
     if factory is None:
         raise ModelLoadError(f"unsupported artifact format {choice.format!r}")
-    return factory(choice, config, device, configured_threads(config) or max(1, threads))
+    return factory(choice, config, device, data, configured_threads(config) or max(1, threads))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(
         self,
         path: Path,
+        data: bytes,
         *,
         input_name: str,
         output_name: str,
@@ -74,9 +74,9 @@ class OnnxRuntimeBackend(Backend):
                         "%s: TensorRT execution provider requested but not available; using CUDA", path
                     )
         try:
-            self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(data, sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from None
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {e}") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if input_name not in inputs:

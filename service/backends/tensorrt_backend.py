@@ -61,7 +61,9 @@ def unusable_reason(built_version: str | None, built_capability: Any, device_ind
 class TensorRTBackend(Backend):
     kind = "tensorrt"
 
-    def __init__(self, path: Path, *, input_name: str, output_name: str, device: str = "cuda:0") -> None:
+    def __init__(
+        self, path: Path, data: bytes, *, input_name: str, output_name: str, device: str = "cuda:0"
+    ) -> None:
         import tensorrt as trt
         import torch
 
@@ -70,7 +72,7 @@ class TensorRTBackend(Backend):
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         with torch.cuda.device(device):
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            engine = runtime.deserialize_cuda_engine(data)
             if engine is None:
                 raise ModelLoadError(f"TensorRT cannot deserialize {path} (see the TensorRT log above)")
             self.engine = engine

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +22,18 @@ def cuda_available() -> bool:
 class TorchBackend(Backend):
     kind = "torch"
 
-    def __init__(self, path: Path, *, device: str = "cpu") -> None:
+    def __init__(self, path: Path, data: bytes, *, device: str = "cpu") -> None:
         try:
             import torch
         except ImportError:
             raise ModelLoadError(f"{path} needs torch, which is not installed") from None
         self._torch = torch
         try:
-            program = torch.export.load(os.fspath(path))
+            program = torch.export.load(io.BytesIO(data))
             module = program.module()
             module.to(device)
         except Exception as e:  # torch raises many types for corrupt or incompatible programs
-            raise ModelLoadError(f"torch cannot load {path} onto {device}: {e}") from None
+            raise ModelLoadError(f"torch cannot load {path.name} onto {device}: {e}") from None
         floats = [p.dtype for p in module.parameters() if p.is_floating_point()]
         self.dtype = floats[0] if floats else torch.float32
         self.module = module

@@ -3,15 +3,22 @@ instances, decide how its batches run. Blocking: the manager runs it in a worker
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from modelrepo.manifest import sha256_file
 from modelrepo.reader import EntryError, ModelFolder, ModelIO, VersionEntry, read_model_folder, read_version
-from service.backends import Backend, choose_artifact, configured_threads, create_backend, instance_devices
+from service.backends import (
+    ArtifactChoice,
+    Backend,
+    choose_artifact,
+    configured_threads,
+    create_backend,
+    instance_devices,
+)
 from service.batching import policy_from_config
 from service.errors import ModelLoadError, ServeError
 from service.serving.served import ServedVersion, close_backends
@@ -65,25 +72,19 @@ def _build_version(
     except ValueError as e:
         raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
     choice = choose_artifact(manifest, entry.path, settings.device)
-    if not choice.path.is_file():
-        raise ModelLoadError(f"model {name} version {version}: artifact {choice.path.name} does not exist")
-    digest = sha256_file(choice.path)
-    if digest != choice.sha256:
-        raise ModelLoadError(
-            f"model {name} version {version}: sha256 of {choice.path.name} is {digest}, the "
-            f"manifest records {choice.sha256} (corrupt or replaced artifact)"
-        )
+    data = read_artifact(name, version, choice)
     devices = instance_devices(config, choice.device)
     backends: list[Backend] = []
     try:
         for device in devices:
-            backends.append(create_backend(choice, config, device, cpus // max(1, devices.count("cpu"))))
+            threads = cpus // max(1, devices.count("cpu"))
+            backends.append(create_backend(choice, config, device, data, threads))
             backends[-1].spec = entry.io.input_spec
         row_seconds = warm_up(name, backends, entry.io)
         inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
         if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
             # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
-            single = create_backend(choice, config, "cpu", threads=1)
+            single = create_backend(choice, config, "cpu", data, threads=1)
             single.spec = entry.io.input_spec
             backends.append(single)
             warm_up(name, [single], entry.io)
@@ -118,6 +119,26 @@ def _build_version(
         fingerprint=entry.fingerprint,
         inline=inline,
     )
+
+
+def read_artifact(name: str, version: int, choice: ArtifactChoice) -> bytes:
+    """The artifact's bytes, checked against the manifest's sha256: the bytes checked are the bytes the
+    backends load (no window for the file to change in between)."""
+    try:
+        data = choice.path.read_bytes()
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"model {name} version {version}: artifact {choice.path.name} does not exist"
+        ) from None
+    except OSError as e:
+        raise ModelLoadError(f"model {name} version {version}: cannot read {choice.path.name}: {e}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != choice.sha256:
+        raise ModelLoadError(
+            f"model {name} version {version}: sha256 of {choice.path.name} is {digest}, the "
+            f"manifest records {choice.sha256} (corrupt or replaced artifact)"
+        )
+    return data
 
 
 def warm_up(name: str, backends: list[Backend], io: ModelIO) -> float:

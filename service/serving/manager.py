@@ -219,10 +219,11 @@ class ModelManager:
             record = self._records.setdefault(name, ModelRecord())
             old = dict(self._routes.get(name, {}))
             try:
-                model_dir = self._check_name(name)
+                # fingerprint first: a poll retries a broken model only once its files change
+                record.fingerprint = await asyncio.to_thread(Fingerprint.of, self.repo / name)
+                self._check_name(name)
                 if not old:
                     record.state = LOADING
-                record.fingerprint = await asyncio.to_thread(Fingerprint.of, model_dir)
                 new = await asyncio.to_thread(
                     load_versions, self.settings, self.metrics, name, old, self.cpus
                 )

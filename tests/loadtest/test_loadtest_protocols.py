@@ -195,10 +195,10 @@ def test_required_header(guarded, tmp_path, protocol):
 def test_tls_verifies_the_server(tls_server, tls_files, tmp_path, protocol, capsys):
     trust = f"--tls-ca {tls_files.ca} --connect-timeout 1"
     rc, result = run_json(
-        tmp_path, url(tls_server, protocol), trust, "--tls-server-name null.test --model null", FAST
+        tmp_path, url(tls_server, protocol), trust, "--tls-server-name cnnserve.test --model null", FAST
     )
     assert rc == 0 and result["steps"][0]["errors"] == {} and result["steps"][0]["totals"]["ok"] > 0
-    # The certificate names null.test, not 127.0.0.1: without the override, verification must fail.
+    # The certificate names cnnserve.test, not 127.0.0.1: without the override, verification must fail.
     assert exit_status(url(tls_server, protocol), trust, "--model null", FAST) == 1
     expected = "certificate verify failed" if protocol == "http" else "does it accept our TLS?"
     assert expected in capsys.readouterr().err
@@ -206,7 +206,7 @@ def test_tls_verifies_the_server(tls_server, tls_files, tmp_path, protocol, caps
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_mutual_tls(mtls_server, tls_files, tmp_path, protocol, capsys):
-    trust = f"--tls-ca {tls_files.ca} --tls-server-name null.test --connect-timeout 1 --model null"
+    trust = f"--tls-ca {tls_files.ca} --tls-server-name cnnserve.test --connect-timeout 1 --model null"
     identity = f"--tls-cert {tls_files.client_cert} --tls-key {tls_files.client_key}"
     rc, result = run_json(tmp_path, url(mtls_server, protocol), trust, identity, FAST)
     assert rc == 0 and result["steps"][0]["errors"] == {} and result["steps"][0]["totals"]["ok"] > 0

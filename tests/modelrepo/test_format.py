@@ -117,3 +117,34 @@ def test_undecodable_image():
 def test_bad_spec():
     with pytest.raises(ValueError, match="does not give 3 channels"):
         InputSpec(3, 32, 32, (0.5,), (0.5,), "L")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"artifact": "../../etc/passwd"}, "artifact must be a file name inside the version folder"),
+        ({"artifact": "sub/model.onnx"}, "artifact must be a file name inside the version folder"),
+        ({"sha256": "not-hex"}, "sha256 must be 64 lower-case hex digits"),
+        ({"preprocessing": "imagenet"}, "field 'preprocessing' must be dict, got str"),
+        ({"inputs": {"name": "input"}}, "field 'inputs' must be list"),
+        ({"labels": ["a", 2]}, "labels must be a list of strings"),
+        ({"schema": "1"}, "field 'schema' must be int"),
+        (
+            {"fallback": {"file": "/abs.onnx", "format": "onnx", "sha256": "0" * 64, "precision": "fp32"}},
+            "fallback file",
+        ),
+        ({"fallback": {"file": "m.onnx"}}, "fallback: "),
+    ],
+)
+def test_hostile_manifest_fields_are_refused_naming_the_field(override, message):
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict({**_manifest().to_dict(), **override})
+
+
+def test_unreadable_files_are_manifest_and_config_errors(tmp_path):
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{not utf-8")
+    with pytest.raises(ManifestError, match="not readable JSON"):
+        Manifest.read(tmp_path)
+    (tmp_path / "config.pbtxt").write_bytes(b'name: "\xff\xfe"')
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_config(tmp_path)

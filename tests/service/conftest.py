@@ -79,13 +79,14 @@ def server(model_repo, tmp_path_factory):
 
 @pytest.fixture
 def server_factory(tmp_path):
-    """``server_factory(repo, *args, env=None)``: a server of the test's own, terminated at teardown."""
+    """``server_factory(repo, *args, env=None, ready_service="")``: a server of the test's own, terminated at
+    teardown (``ready_service="liveness"`` for one that starts unready)."""
     started = []
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
 
-    def start(repo: Path, *args: str, env: dict[str, str] | None = None):
-        running = start_server(repo, log_dir, *args, env=env)
+    def start(repo: Path, *args: str, env: dict[str, str] | None = None, ready_service: str = ""):
+        running = start_server(repo, log_dir, *args, env=env, ready_service=ready_service)
         started.append(running)
         return running
 

@@ -1,15 +1,13 @@
-"""Fixtures of the load tester's tests: throwaway TLS certificates made with the openssl command line."""
+"""Throwaway TLS certificates for tests: a CA, a server certificate and a client certificate, made with the
+openssl command line."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-SERVER_NAME = "null.test"  # the only name in the server certificate: 127.0.0.1 needs --tls-server-name
+SERVER_NAME = "cnnserve.test"  # the only name in the server certificate: 127.0.0.1 needs a name override
 
 
 @dataclass(frozen=True)
@@ -62,12 +60,9 @@ def _issue(folder: Path, ca: Path, ca_key: Path, name: str, extensions: str) -> 
     return cert, key
 
 
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory) -> TlsFiles:
-    """A CA, a server certificate for SERVER_NAME and a client certificate, valid for a day."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is needed to make test certificates")
-    folder = tmp_path_factory.mktemp("tls")
+def make_tls_files(folder: Path) -> TlsFiles:
+    """A CA, a server certificate for SERVER_NAME and a client certificate, valid for a day, in ``folder``
+    (made with the openssl command line)."""
     ca, ca_key = folder / "ca.pem", folder / "ca.key"
     _openssl(
         "req",
@@ -84,7 +79,7 @@ def tls_files(tmp_path_factory) -> TlsFiles:
         "-days",
         "1",
         "-subj",
-        "/CN=loadtest test CA",
+        "/CN=cnnserve test CA",
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
