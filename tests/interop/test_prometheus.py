@@ -98,7 +98,7 @@ def test_rule_copy_differs_only_in_for_durations():
         assert_only_for_changed(original, tampered)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session scope: skips before the session's LeNet-5 export is made
 def prometheus_binary() -> Path:
     binary = prometheus.find_binary()
     if binary is None:
