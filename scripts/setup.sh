@@ -3,6 +3,7 @@
 #   TORCH_SPEC   torch/torchvision to install when the venv has none
 #                (default: the releases this project is developed on, which pip finds on local disk here)
 #   VENV         virtual environment folder (default: .venv)
+#   SETUP_PEERS  0: do not install the real Triton and MLServer the interop tests run (default: 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -31,5 +32,15 @@ if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null;
   echo "==> apt-get install ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
     >/dev/null 2>&1 || echo "   (could not install ${need[*]}; the tests that need them will skip)"
+fi
+# Real Triton and MLServer for tests/interop, each in a cached venv of its own (CNNSERVE_PEERS_CACHE,
+# default ~/.cache/cnnserve/peers): about 80 s and 1 GB the first time, nothing after. The tests would
+# install them on first use anyway; here the time is paid up front and a failure shows early.
+# Never fatal: where the registry cannot be reached, the interop tests skip with the reason.
+if [ "${SETUP_PEERS:-1}" != 0 ]; then
+  echo "==> installing the peer servers (python -m harness.peers setup)"
+  peers=("$VENV/bin/python" -m harness.peers setup)
+  if command -v timeout >/dev/null; then peers=(timeout 1200 "${peers[@]}"); fi
+  "${peers[@]}" || echo "   (peers not installed; the interop tests will skip with the reason)"
 fi
 echo "==> ready: $VENV"

@@ -150,10 +150,14 @@ def test_a_broken_model_stays_local_and_readiness_recovers_when_fixed(lenet_copy
     _break(repo, "broken")
     lenet_copy(repo, "liveness")  # a health service's name
     server = server_factory(
-        repo, "--model-control-mode", "poll", "--poll-interval", "0.3", ready_service="liveness"
-    )
+        repo, "--model-control-mode", "poll", "--poll-interval", "0.3", ready_service="good"
+    )  # the server is not ready (a model is broken); the good model is
     client = server.client(timeout=10)
     assert client.infer("good", x()).shape == (1, 10)
+    deadline = 100
+    while deadline and not all(m.reason for m in client.repository_index() if m.name != "good"):
+        deadline -= 1  # the startup loads go on in name order
+        threading.Event().wait(0.1)
     index = {m.name: (m.state, m.reason) for m in client.repository_index()}
     assert (
         index["broken"][0] == "UNAVAILABLE" and "broken/config.pbtxt is not UTF-8 text" in index["broken"][1]
