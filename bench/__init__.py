@@ -30,6 +30,7 @@ SECTION_MODULES = (
     "bench.gpu",
     "bench.peers",
     "bench.delay",
+    "bench.inputs",
 )
 
 

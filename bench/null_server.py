@@ -48,6 +48,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import model_config_pb2 as mc
 from protos.wire import MAX_MESSAGE_BYTES
+from service.eventloop import run
 from service.protocol.grpc_server import server_options
 
 
@@ -273,7 +274,7 @@ def running(
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(serve(parse_args(argv)))
+    run(serve(parse_args(argv)))
     return 0
 
 

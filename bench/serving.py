@@ -129,14 +129,18 @@ def window_settings(ctx: BenchContext, seconds_per_request: float = 0.001) -> di
     }
 
 
-def closed_loop(ctx: BenchContext, endpoint: Endpoint, concurrency: int, **timing) -> dict:
+def closed_loop(
+    ctx: BenchContext, endpoint: Endpoint, concurrency: int, *, payload: dict | None = None, **timing
+) -> dict:
     """One closed-loop step at ``concurrency`` against ``endpoint``: rates, latency percentiles, the
-    server's CPU per request over the whole step, and its batch sizes where it exports our metrics."""
+    server's CPU per request over the whole step, and its batch sizes where it exports our metrics.
+    ``payload``: LoadTestOptions fields choosing what is sent (``input_name``, ``images``, ``batch``)."""
     options = LoadTestOptions(
         url=endpoint.url,
         model=endpoint.model,
         levels=(concurrency,),
         metrics_url=endpoint.metrics_url,
+        **(payload or {}),
         **(timing or window_settings(ctx)),
     )
     cpu_before = process_cpu_seconds(endpoint.pid)

@@ -3,7 +3,7 @@
 ``python -m export`` fits them when it writes an entry (the curve goes into the manifest); ``python -m
 service --tune`` fits them again at warm-up, on the serving machine.
 
-The rules, from the measured curve ``t(b)`` (median seconds of one batch of ``b`` rows):
+The rules, from the measured curve ``t(b)`` (seconds of one batch of ``b`` rows, the fastest of several):
 
 - ``max_batch_size``: the largest measured ``b`` (up to the export's limit) whose batch computes within
   the budget; at least 1. (Under load a larger batch only adds throughput, but a batch that alone takes
@@ -19,7 +19,6 @@ The rules, from the measured curve ``t(b)`` (median seconds of one batch of ``b`
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ WAIT_PAYS_BELOW = 0.5  # a batch's cost per row, relative to a single row, under
 MIN_ROW_SECONDS_FOR_DELAY = 0.001  # below this a row's compute is cheaper than the protocol around it
 QUEUE_ROWS_PER_BATCH = 8  # bound the queue at this many full batches
 REPEATS = 5
+WARM_UP = 3
 MIN_MEASURE_SECONDS = 0.2  # per batch size: at least this long, or REPEATS runs, whichever is more
 
 
@@ -42,7 +42,7 @@ class Fit:
     """The fitted batching and how it was found (recorded in the manifest)."""
 
     batching: Batching
-    curve: tuple[tuple[int, float], ...]  # (rows, median seconds of one batch)
+    curve: tuple[tuple[int, float], ...]  # (rows, seconds of one batch: the fastest of several runs)
     latency_budget_ms: float
     reason: str
 
@@ -67,12 +67,15 @@ def batch_sizes(limit: int) -> list[int]:
 def measure_curve(
     run: Callable[[np.ndarray], object], row_shape: tuple[int, ...], limit: int, budget_s: float
 ) -> list[tuple[int, float]]:
-    """Median seconds of one batch for sizes 1, 2, 4, ... ``limit``; stops at the first size whose batch
-    alone takes more than the whole budget (larger ones would too)."""
+    """Seconds of one batch for sizes 1, 2, 4, ... ``limit``: the fastest of at least REPEATS runs and
+    MIN_MEASURE_SECONDS, after WARM_UP runs (the fastest run is what the machine can do; slower ones
+    measure what else ran meanwhile). Stops at the first size whose batch alone takes more than the whole
+    budget (larger ones would too)."""
     curve = []
     for rows in batch_sizes(limit):
         batch = np.zeros((rows, *row_shape), dtype=np.float32)
-        run(batch)  # warm-up
+        for _ in range(WARM_UP):
+            run(batch)
         times: list[float] = []
         started = time.perf_counter()
         while len(times) < REPEATS or time.perf_counter() - started < MIN_MEASURE_SECONDS:
@@ -81,7 +84,7 @@ def measure_curve(
             times.append(time.perf_counter() - t0)
             if len(times) >= 50 * REPEATS:
                 break
-        curve.append((rows, statistics.median(times)))
+        curve.append((rows, min(times)))
         if curve[-1][1] > budget_s:
             break
     return curve

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -18,9 +17,12 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from service.app import serve  # after logging is configured; imports grpc and the backends' deps
+    from service.eventloop import run
 
     try:
-        return asyncio.run(serve(settings))
+        return run(serve(settings))
+    except SettingsError as e:  # what only the server can check (restriction specs)
+        build_parser().error(str(e))
     except OSError as e:
         logging.getLogger("service").error("%s", e)
         return 1
