@@ -67,6 +67,7 @@ def start_process(
     ready_timeout: float = 120,
     env: dict[str, str] | None = None,
     health_address: str | None = None,
+    cwd: Path | None = None,
 ) -> ServerProcess:
     """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady), asked
     on ``health_address`` (default: ``address``)."""
@@ -75,7 +76,7 @@ def start_process(
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

@@ -64,8 +64,12 @@ class InputSpec:
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``preprocessing`` (``image_formats`` only when not the default, so that servers
+        older than the field still read the manifests of a default export)."""
         d = asdict(self)
         d["mean"], d["std"], d["image_formats"] = list(self.mean), list(self.std), list(self.image_formats)
+        if self.image_formats == IMAGE_FORMATS:
+            del d["image_formats"]
         return d
 
     @classmethod
