@@ -277,8 +277,8 @@ def infer_request(
         inputs.append(tensor)
     if offset != len(body):
         raise InvalidInput(
-            f"the request body holds {len(body) - offset} bytes after the JSON header beyond the inputs' "
-            f"{BINARY_DATA_SIZE} ({offset - end} bytes in all)"
+            f"the request body holds {len(body) - end} bytes after the JSON header, but the inputs' "
+            f"{BINARY_DATA_SIZE} add up to {offset - end}"
         )
     outputs = _outputs(document.get("outputs"), choice)
     request = InferRequest(
