@@ -31,12 +31,13 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from service.dataplane.plane import DataPlane
-from service.errors import HTTP_STATUS, InvalidInput, ServeError
+from service.dataplane.types import InferRequest, InferResponse
+from service.errors import HTTP_STATUS, Cancelled, InvalidInput, ServeError
 from service.protocol import http_codec as codec
 from service.protocol.health import HealthState
 from service.protocol.security import Restriction
@@ -157,14 +158,17 @@ class HttpFrontEnd:
                 "(--max-message-bytes)"
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(
-                        f"request body exceeds the server's limit of {limit} bytes (--max-message-bytes)"
-                    )
-                chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"request body exceeds the server's limit of {limit} bytes (--max-message-bytes)"
+                        )
+                    chunks.append(chunk)
+        except ClientDisconnect:
+            raise Cancelled("the client went away before it sent the whole request body") from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "identity":
@@ -200,10 +204,35 @@ class HttpFrontEnd:
         else:
             plain, choice = codec.infer_request(model, version, body, length)
         REQUEST_PROTOCOL.set(HTTP)  # this task's requests count as HTTP in the metrics
-        content, header = codec.infer_response(await self.plane.infer(plain), choice)
+        content, header = codec.infer_response(await self._infer_while_connected(request, plain), choice)
         if header is None:
             return Response(content, media_type=codec.JSON_TYPE)
         return Response(content, media_type=codec.BINARY_TYPE, headers={codec.HEADER_LENGTH: str(header)})
+
+    async def _infer_while_connected(self, request: Request, plain: InferRequest) -> InferResponse:
+        """The data plane's answer; a client that disconnects first cancels its request, as a cancelled
+        RPC does on gRPC (it leaves the batcher queue and counts as ``cancelled``)."""
+        task = asyncio.current_task()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            # the body is read: the next message is the disconnect (or the end of this response)
+            if (await request.receive())["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await self.plane.infer(plain)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # shutdown past the grace period, not the client
+            if hasattr(task, "uncancel"):  # Python 3.11+: this task goes on, answering the cancellation
+                task.uncancel()
+            raise Cancelled("the client disconnected before its answer was ready") from None
+        finally:
+            watcher.cancel()
 
     # -------------------------------------------------------------- health, from HealthState only
 
