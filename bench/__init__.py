@@ -28,6 +28,7 @@ SECTION_MODULES = (
     "bench.export",
     "bench.serve",
     "bench.gpu",
+    "bench.protocols",
 )
 
 
