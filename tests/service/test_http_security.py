@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from harness.server import http_request, start_server
-from tests.loadtest.conftest import tls_files  # noqa: F401 (the fixture: throwaway certificates)
 
 INFER = "/v2/models/lenet5/infer"
 LIMIT = 8192  # one LeNet-5 row (4096 bytes) fits with its JSON header, two do not
@@ -137,7 +136,7 @@ def test_body_limit_applies_to_the_decompressed_body(locked):
 
 
 @pytest.fixture(scope="module")
-def tls_server(one_model_repo, tls_files, tmp_path_factory):  # noqa: F811
+def tls_server(one_model_repo, tls_files, tmp_path_factory):
     server = start_server(
         one_model_repo,
         tmp_path_factory.mktemp("tls_logs"),
@@ -152,15 +151,15 @@ def tls_server(one_model_repo, tls_files, tmp_path_factory):  # noqa: F811
     server.terminate()
 
 
-def client_context(tls_files, with_certificate: bool) -> ssl.SSLContext:  # noqa: F811
+def client_context(tls_files, with_certificate: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(tls_files.ca))
-    context.check_hostname = False  # the certificate names null.test; the chain is still verified
+    context.check_hostname = False  # the certificate names cnnserve.test; the chain is still verified
     if with_certificate:
         context.load_cert_chain(str(tls_files.client_cert), str(tls_files.client_key))
     return context
 
 
-def test_mutual_tls(tls_server, tls_files):  # noqa: F811
+def test_mutual_tls(tls_server, tls_files):
     assert tls_server.http_url.startswith("https://")
     context = client_context(tls_files, with_certificate=True)
     assert tls_server.http("GET", "/v2/health/ready", context=context).status == 200
