@@ -38,6 +38,7 @@ COPY --from=model-repository / /models/
 # Settings are SERVE_* variables (docs/ARCHITECTURE.md); the manifests in deploy/ override them.
 ENV SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
+    SERVE_HTTP_PORT=8000 \
     SERVE_GRPC_PORT=8001 \
     SERVE_METRICS_PORT=8002 \
     SERVE_HEALTH_PORT=8003 \
@@ -47,7 +48,7 @@ ENV SERVE_REPO=/models \
     XDG_CACHE_HOME=/tmp/.cache
 WORKDIR /home/cnnserve
 USER 10001:10001
-EXPOSE 8001 8002 8003
+EXPOSE 8000 8001 8002 8003
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_HEALTH_PORT}" --timeout 3
 ENTRYPOINT ["python", "-m", "service"]
@@ -77,6 +78,7 @@ RUN groupadd --system --gid 10001 cnnserve \
 COPY --from=model-repository / /models/
 ENV SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
+    SERVE_HTTP_PORT=8000 \
     SERVE_GRPC_PORT=8001 \
     SERVE_METRICS_PORT=8002 \
     SERVE_HEALTH_PORT=8003 \
@@ -87,7 +89,7 @@ ENV SERVE_REPO=/models \
     CUDA_CACHE_PATH=/tmp/.nv/ComputeCache
 WORKDIR /home/cnnserve
 USER 10001:10001
-EXPOSE 8001 8002 8003
+EXPOSE 8000 8001 8002 8003
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
     CMD python -m service.healthcheck --address "127.0.0.1:${SERVE_HEALTH_PORT}" --timeout 3
 ENTRYPOINT ["python", "-m", "service"]

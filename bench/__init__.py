@@ -31,6 +31,7 @@ SECTION_MODULES = (
     "bench.peers",
     "bench.delay",
     "bench.inputs",
+    "bench.protocols",
 )
 
 

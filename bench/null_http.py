@@ -1,23 +1,21 @@
 """The do-nothing server's HTTP front end: KServe v2 REST over the same core as its gRPC one, on Starlette
-served by uvicorn in the same event loop (the product's HTTP stack)."""
+served by uvicorn in the same event loop, configured and embedded as the product's HTTP front end is
+(``service.protocol.http_server``)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import socket
-import ssl
-from collections.abc import Iterator
 
 import grpc
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench.null_core import HEADER_LENGTH, HTTP_STATUS, NullCore, NullError
+from service.protocol.http_server import EmbeddedUvicorn, listening_socket, uvicorn_config
 
 
 async def http_error(request: Request, error: NullError) -> JSONResponse:
@@ -109,36 +107,8 @@ class NullHttp:
         )
 
 
-class EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside our event loop, beside grpc.aio: the process's signal handlers stay ours."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def http_server(core: NullCore, args: argparse.Namespace) -> tuple[EmbeddedUvicorn, socket.socket]:
-    config = uvicorn.Config(
-        NullHttp(core).app(),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-        ssl_ca_certs=args.tls_client_ca,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if args.tls_client_ca else ssl.CERT_NONE,
-    )
-    config.load()  # unreadable TLS files fail here, before the banner
+    config = uvicorn_config(
+        NullHttp(core).app(), tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca
+    )  # unreadable TLS files fail here, before the banner
     return EmbeddedUvicorn(config), listening_socket(args.host, args.http_port)
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound and listening before the banner (a client that connects early waits in the backlog).
-    Made from getaddrinfo's answer, not socket.create_server: asyncio turns Nagle off only on sockets
-    whose proto says TCP, and create_server's say 0, which costs every response a delayed ACK (40 ms)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    sock.listen(socket.SOMAXCONN)
-    return sock

@@ -3,12 +3,16 @@ benchmarks and the demo. Servers start in the source checkout, as ``python -m se
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,7 @@ class ServerProcess:
     log_path: Path
     clients: list = field(default_factory=list)
     health_address: str | None = None  # cnnserve's health port
+    http_url: str | None = None  # cnnserve's HTTP/REST port: http(s)://HOST:PORT
 
     def client(self, **kwargs):
         from service.client import InferenceClient
@@ -41,6 +46,19 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        context: ssl.SSLContext | None = None,
+        timeout: float = 30,
+    ) -> HttpAnswer:
+        """One request to the HTTP port on a connection of its own (a dict body is sent as JSON)."""
+        return http_request(self.http_url, method, path, body, headers, context=context, timeout=timeout)
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM, wait (kill after ``timeout`` s); returns the exit code."""
@@ -57,6 +75,43 @@ class ServerProcess:
         return self.proc.returncode
 
 
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http_request(
+    base_url: str,
+    method: str,
+    path: str,
+    body: bytes | dict | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 30,
+) -> HttpAnswer:
+    """``method path`` against ``base_url`` (http(s)://HOST:PORT) with the standard library's client;
+    errors are answers too (status and body), not exceptions."""
+    url = urllib.parse.urlsplit(base_url)
+    if url.scheme == "https":
+        connection = http.client.HTTPSConnection(url.hostname, url.port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return HttpAnswer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
 def start_process(
     cmd: list[str],
     address: str,
@@ -68,6 +123,7 @@ def start_process(
     env: dict[str, str] | None = None,
     health_address: str | None = None,
     cwd: Path | None = None,
+    http_url: str | None = None,
 ) -> ServerProcess:
     """Start ``cmd`` and wait until gRPC health ``ready_service`` is SERVING (None: until ServerReady), asked
     on ``health_address`` (default: ``address``)."""
@@ -81,7 +137,9 @@ def start_process(
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-    server = ServerProcess(proc, address, metrics_url, log_path, health_address=health_address)
+    server = ServerProcess(
+        proc, address, metrics_url, log_path, health_address=health_address, http_url=http_url
+    )
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -123,8 +181,12 @@ def start_server(
     ready_service: str = "",
 ) -> ServerProcess:
     """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health ``ready_service`` ("":
-    the server is ready; "liveness": it is up) is SERVING on its health port."""
+    the server is ready; "liveness": it is up) is SERVING on its health port. The HTTP port is a free one
+    too, unless ARGS give ``--http-port`` (0: off); the metrics port likewise unless ARGS give
+    ``--metrics-port``."""
     grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
+    http_port = int(_flag_value(args, "--http-port") or free_port())
+    metrics_port = int(_flag_value(args, "--metrics-port") or metrics_port)
     cmd = [
         sys.executable,
         "-m",
@@ -139,8 +201,11 @@ def start_server(
         str(metrics_port),
         "--health-port",
         str(health_port),
+        "--http-port",
+        str(http_port),
         *args,
     ]
+    scheme = "https" if "--tls-cert" in args else "http"
     return start_process(
         cmd,
         f"127.0.0.1:{grpc_port}",
@@ -150,4 +215,16 @@ def start_server(
         ready_timeout=ready_timeout,
         ready_service=ready_service,
         health_address=f"127.0.0.1:{health_port}",
+        http_url=f"{scheme}://127.0.0.1:{http_port}" if http_port else None,
     )
+
+
+def _flag_value(args: tuple[str, ...], flag: str) -> str | None:
+    """The value ARGS give ``flag`` (``--flag V`` or ``--flag=V``; the last one wins, as argparse's)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value

@@ -2,9 +2,9 @@
 
 Startup: the ports open at once (liveness answers during long loads); readiness turns true when the
 startup models are loaded and warmed up. SIGTERM/SIGINT: readiness turns false first, new inference
-requests get UNAVAILABLE, queued and in-flight requests finish within the grace period, then the process
-exits 0. Health is answered from :class:`HealthState` on the gRPC port, on the health port and on the
-metrics port's HTTP paths; the last two never wait for the event loop.
+requests get UNAVAILABLE (HTTP 503), queued and in-flight requests finish within the grace period, then the
+ports close and the process exits 0. Health is answered from :class:`HealthState` on the gRPC and HTTP
+ports, on the health port and on the metrics port's HTTP paths; the last two never wait for the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from service.cpus import cpu_budget
 from service.dataplane.plane import DataPlane, Limits
 from service.protocol.grpc_server import address_of, build_server
 from service.protocol.health import RESERVED_NAMES, HealthServer, HealthState, heartbeat, http_probe
+from service.protocol.http_server import HttpFrontEnd, HttpServer
 from service.protocol.security import grpc_server_credentials, parse_restrictions
 from service.serving import ModelManager
 from service.settings import Settings, SettingsError
@@ -29,8 +30,8 @@ log = logging.getLogger("service")
 
 
 class Server:
-    """The running server: metrics endpoint, health, the model manager, the data plane and the gRPC front
-    end, started and drained in order."""
+    """The running server: metrics endpoint, health, the model manager, the data plane and the gRPC and
+    HTTP front ends, started and drained in order."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -58,6 +59,7 @@ class Server:
         self.health_server = HealthServer(self.health)
         self.endpoint = None
         self.grpc = None
+        self.http: HttpServer | None = None
         self._heartbeat: asyncio.Task | None = None
 
     async def _model_changed(self, name: str) -> None:
@@ -69,23 +71,25 @@ class Server:
         self.health.set_ready(self.plane.ready)
 
     async def start(self) -> None:
-        """Open the metrics, health and gRPC ports (liveness answers at once; readiness once models are
-        loaded)."""
+        """Open the metrics, health, gRPC and HTTP ports (liveness answers at once; readiness once models
+        are loaded)."""
         settings = self.settings
         log.info("CPU budget: %s", self.cpus.describe())
-        try:
-            self.endpoint, metrics_port = serve_endpoint(
-                self.metrics.registry, http_probe(self.health), settings.host, settings.metrics_port
+        metrics_on_http = settings.http_port != 0 and settings.metrics_port == settings.http_port
+        if not metrics_on_http:
+            try:
+                self.endpoint, metrics_port = serve_endpoint(
+                    self.metrics.registry, http_probe(self.health), settings.host, settings.metrics_port
+                )
+            except OSError as e:
+                raise OSError(
+                    f"cannot serve metrics on {settings.host}:{settings.metrics_port} (port in use?): {e}"
+                ) from None
+            log.info(
+                "metrics and HTTP health on http://%s:%d (/metrics, /v2/health/ready)",
+                settings.host,
+                metrics_port,
             )
-        except OSError as e:
-            raise OSError(
-                f"cannot serve metrics on {settings.host}:{settings.metrics_port} (port in use?): {e}"
-            ) from None
-        log.info(
-            "metrics and HTTP health on http://%s:%d (/metrics, /v2/health/ready)",
-            settings.host,
-            metrics_port,
-        )
         credentials = None
         if settings.tls_cert is not None:
             credentials = grpc_server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
@@ -111,6 +115,35 @@ class Server:
             settings.repo,
             settings.model_control_mode,
             "".join(f"; {g} restricted" for g in sorted(self.restrictions)),
+        )
+        if settings.http_port:
+            self._start_http(metrics_on_http)
+
+    def _start_http(self, with_metrics: bool) -> None:
+        """The HTTP/REST port, bound after gRPC's (a busy gRPC port is the error reported first)."""
+        settings = self.settings
+        front_end = HttpFrontEnd(
+            self.plane,
+            self.health,
+            max_body_bytes=settings.max_message_bytes,
+            restrictions=self.restrictions,
+            registry=self.metrics.registry if with_metrics else None,
+        )
+        self.http = HttpServer(
+            front_end.app(),
+            settings.host,
+            settings.http_port,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+            tls_client_ca=settings.tls_client_ca,
+        )
+        self.http.start()
+        log.info(
+            "HTTP/REST (KServe v2) on %s://%s:%d%s",
+            "https" if settings.tls_cert else "http",
+            settings.host,
+            self.http.port,
+            " with /metrics" if with_metrics else "",
         )
 
     async def serve_until(self, stop: asyncio.Event) -> None:
@@ -150,7 +183,10 @@ class Server:
         def remaining() -> float:
             return max(0.0, grace - (time.monotonic() - started))
 
-        await self.grpc.stop(grace=remaining())
+        stopping = [self.grpc.stop(grace=remaining())]
+        if self.http is not None:
+            stopping.append(self.http.stop(remaining()))
+        await asyncio.gather(*stopping)
         await self.manager.close(timeout=remaining())
         self.plane.close()
         if self._heartbeat is not None:
@@ -158,7 +194,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         self.health_server.stop()
-        self.endpoint.shutdown()
+        if self.endpoint is not None:
+            self.endpoint.shutdown()
         log.info("stopped after %.2fs of draining", time.monotonic() - started)
 
 

@@ -28,20 +28,21 @@ class SettingsError(ValueError):
 class Settings:
     repo: Path = Path("model_repository")
     host: str = "0.0.0.0"
+    http_port: int = 8000  # KServe v2 HTTP/REST (0: off)
     grpc_port: int = 8001
-    metrics_port: int = 8002  # 0: pick a free port (logged)
+    metrics_port: int = 8002  # 0: pick a free port (logged); == http_port: /metrics on the HTTP port
     model_control_mode: str = "none"
     load_model: tuple[str, ...] = ()  # empty: all models (none/poll), no model (explicit)
     poll_interval: float = 5.0  # seconds between repository scans in poll mode
     grace_period: float = 30.0  # seconds SIGTERM waits for queued and in-flight requests
-    max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit, HTTP request body limit
     device: str = "auto"
     log_level: str = "info"
     health_port: int = 8003  # gRPC health on a thread of its own, for probes (0: pick a free port)
     max_inflight: int = 1024  # requests accepted and not yet answered, server-wide
     max_inflight_bytes: int = 1 << 30  # their payload bytes
     max_image_pixels: int = 25_000_000  # per encoded image, checked from its header before decoding
-    tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC port
+    tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC and HTTP ports
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
     restricted_protocol: tuple[str, ...] = ()  # "GROUP[,GROUP...]:KEY=VALUE" each
@@ -50,7 +51,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name, choices in CHOICES.items():
             _check_choice(name, getattr(self, name), choices)
-        for name in ("grpc_port", "metrics_port", "health_port"):
+        for name in ("http_port", "grpc_port", "metrics_port", "health_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{_describe(name)} must be a port number 0..65535, got {port}")
@@ -103,9 +104,15 @@ def _restrictions(value: str) -> tuple[str, ...]:
 
 OPTIONS: dict[str, _Option] = {
     "repo": _Option("--repo", "SERVE_REPO", Path, "model repository folder"),
-    "host": _Option("--host", "SERVE_HOST", str, "address to bind (gRPC and metrics)"),
+    "host": _Option("--host", "SERVE_HOST", str, "address to bind (every port)"),
+    "http_port": _Option("--http-port", "SERVE_HTTP_PORT", int, "KServe v2 HTTP/REST port (0: off)"),
     "grpc_port": _Option("--grpc-port", "SERVE_GRPC_PORT", int, "gRPC port"),
-    "metrics_port": _Option("--metrics-port", "SERVE_METRICS_PORT", int, "Prometheus port (0: any free)"),
+    "metrics_port": _Option(
+        "--metrics-port",
+        "SERVE_METRICS_PORT",
+        int,
+        "Prometheus port (0: any free; the HTTP port's number: /metrics on the HTTP port)",
+    ),
     "model_control_mode": _Option(
         "--model-control-mode", "SERVE_MODEL_CONTROL_MODE", str, "none | poll | explicit"
     ),
@@ -119,7 +126,10 @@ OPTIONS: dict[str, _Option] = {
         "--grace-period", "SERVE_GRACE_PERIOD_SECONDS", float, "seconds to drain requests on SIGTERM"
     ),
     "max_message_bytes": _Option(
-        "--max-message-bytes", "SERVE_MAX_MESSAGE_BYTES", int, "largest gRPC message received or sent"
+        "--max-message-bytes",
+        "SERVE_MAX_MESSAGE_BYTES",
+        int,
+        "largest gRPC message received or sent, and largest HTTP request body",
     ),
     "device": _Option("--device", "SERVE_DEVICE", str, "auto | cpu | cuda"),
     "log_level": _Option("--log-level", "SERVE_LOG_LEVEL", str, "debug | info | warning | error"),
@@ -141,7 +151,9 @@ OPTIONS: dict[str, _Option] = {
     "max_image_pixels": _Option(
         "--max-image-pixels", "SERVE_MAX_IMAGE_PIXELS", int, "largest image (width x height) decoded"
     ),
-    "tls_cert": _Option("--tls-cert", "SERVE_TLS_CERT", Path, "PEM server certificate: TLS on the gRPC port"),
+    "tls_cert": _Option(
+        "--tls-cert", "SERVE_TLS_CERT", Path, "PEM server certificate: TLS on the gRPC and HTTP ports"
+    ),
     "tls_key": _Option("--tls-key", "SERVE_TLS_KEY", Path, "PEM private key of --tls-cert"),
     "tls_client_ca": _Option(
         "--tls-client-ca", "SERVE_TLS_CLIENT_CA", Path, "PEM CA: require client certificates it signed (mTLS)"
@@ -176,7 +188,7 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 def build_parser(prog: str = "python -m service") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Serve a model repository over the KServe v2 gRPC protocol (Triton-compatible).",
+        description="Serve a model repository over KServe v2, gRPC and HTTP/REST (Triton-compatible).",
         epilog="Every flag also reads the environment variable shown; the flag wins.",
     )
     defaults = Settings()

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service.errors import OUTCOMES
-from service.telemetry.stats import VersionTelemetry
+from service.telemetry.stats import PROTOCOLS, REQUEST_PROTOCOL, VersionTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ServerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.loop_lag = loop_lag  # seconds the event loop's last heartbeat ran late
         self._versions: dict[tuple[str, str, str, str], VersionTelemetry] = {}
-        self.unknown_model = dict.fromkeys(OUTCOMES, 0)
+        self.unknown_model = {p: dict.fromkeys(OUTCOMES, 0) for p in PROTOCOLS}
         self.registry.register(_ServingCollector(self))
         ProcessCollector(registry=self.registry)
         if gpu:
@@ -58,7 +58,7 @@ class ServerMetrics:
         return list(self._versions.values())
 
     def count_unknown_model(self, outcome: str) -> None:
-        self.unknown_model[outcome] += 1
+        self.unknown_model[REQUEST_PROTOCOL.get()][outcome] += 1
 
 
 class _ServingCollector(Collector):
@@ -67,13 +67,17 @@ class _ServingCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         versions = self._metrics.versions()
+        request = HistogramMetricFamily(
+            "cnnserve_request_duration_seconds",
+            "Seconds from receipt of an inference request to its response (successful requests)",
+            labels=[*MV, "protocol"],
+        )
+        for t in versions:
+            for protocol, histogram in t.request.items():
+                buckets, total = histogram.cumulative()
+                request.add_metric([*t.labels[:2], protocol], buckets, total)
+        yield request
         histograms = (
-            (
-                "cnnserve_request_duration_seconds",
-                "Seconds from receipt of a ModelInfer request to its response (successful requests)",
-                "request",
-                False,
-            ),
             (
                 "cnnserve_queue_duration_seconds",
                 "Seconds a request waited in the batcher queue",
@@ -92,13 +96,17 @@ class _ServingCollector(Collector):
                 family.add_metric(list(t.labels) if with_backend else list(t.labels[:2]), buckets, total)
             yield family
         requests = CounterMetricFamily(
-            "cnnserve_requests", "ModelInfer requests by outcome", labels=[*MV, "outcome"]
+            "cnnserve_requests",
+            "Inference requests by protocol and outcome",
+            labels=[*MV, "protocol", "outcome"],
         )
         for t in versions:
-            for outcome, n in t.outcomes.items():
-                requests.add_metric([*t.labels[:2], outcome], n)
-        for outcome, n in self._metrics.unknown_model.items():
-            requests.add_metric([UNKNOWN_MODEL, "", outcome], n)
+            for protocol, outcomes in t.outcomes.items():
+                for outcome, n in outcomes.items():
+                    requests.add_metric([*t.labels[:2], protocol, outcome], n)
+        for protocol, outcomes in self._metrics.unknown_model.items():
+            for outcome, n in outcomes.items():
+                requests.add_metric([UNKNOWN_MODEL, "", protocol, outcome], n)
         yield requests
         rows = CounterMetricFamily("cnnserve_inference_rows", "Rows (images) inferred", labels=MV)
         depth = GaugeMetricFamily("cnnserve_queue_depth", "Requests waiting in the batcher queue", labels=MV)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 from service.batching import BatchTiming, PendingRequest
 from service.errors import OUTCOMES, SUCCESS
@@ -33,6 +34,14 @@ LATENCY_BUCKETS = (
     10.0,
 )
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+
+# The front end a request came in through: the `protocol` label of the request metrics, read where the
+# data plane counts a request, so the data plane stays protocol-free. The HTTP front end sets it in the task
+# that answers the request (asyncio runs every HTTP request and every RPC in a task of its own, with a copy
+# of the context); gRPC requests keep the default.
+GRPC, HTTP = "grpc", "http"
+PROTOCOLS = (GRPC, HTTP)
+REQUEST_PROTOCOL: ContextVar[str] = ContextVar("request_protocol", default=GRPC)
 
 
 class Histogram:
@@ -124,12 +133,12 @@ class VersionTelemetry:
 
     def __init__(self, model: str, version: str, backend: str, precision: str) -> None:
         self.labels = (model, version, backend, precision)
-        self.request = Histogram(LATENCY_BUCKETS)
+        self.request = {p: Histogram(LATENCY_BUCKETS) for p in PROTOCOLS}  # protocol -> latency
         self.queue = Histogram(LATENCY_BUCKETS)
         self.compute = Histogram(LATENCY_BUCKETS)
         self.batch = Histogram(BATCH_BUCKETS)
         self.rows = 0
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.outcomes = {p: dict.fromkeys(OUTCOMES, 0) for p in PROTOCOLS}  # protocol -> outcome -> count
         self.stats = ModelStats()
         self.ready = False
         self.load_seconds = 0.0
@@ -166,9 +175,10 @@ class VersionTelemetry:
 
     # requests
     def request_done(self, outcome: str, seconds: float) -> None:
-        self.outcomes[outcome] += 1
+        protocol = REQUEST_PROTOCOL.get()
+        self.outcomes[protocol][outcome] += 1
         if outcome == SUCCESS:
-            self.request.observe(seconds)
+            self.request[protocol].observe(seconds)
             self.stats.request_done(True, seconds)
         else:
             self.stats.request_done(False, seconds)

@@ -16,6 +16,7 @@ import bench
 from bench import null_server
 from bench.__main__ import main as bench_main
 from bench.gpu import no_gpu_reason
+from bench.protocols import protocol_ratios
 from bench.serve import compute_ratios, overhead_ratios
 from bench.serving import median_point
 from loadtest.scrape import scrape
@@ -23,7 +24,16 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient, InferenceServerError
 
-SECTIONS = {"client", "client-api", "export", "serve-overhead", "serve-compute", "batching", "gpu"}
+SECTIONS = {
+    "client",
+    "client-api",
+    "export",
+    "serve-overhead",
+    "serve-compute",
+    "batching",
+    "gpu",
+    "protocols",
+}
 
 
 def test_sections_register_once():
@@ -50,6 +60,23 @@ def test_overhead_ratios_pair_each_round_with_its_own_floor():
     assert ratios["c1_server_cpu_floor_over_ours"] == 0.8
     assert ratios["c8_requests_per_s_vs_floor"] == 0.75
     assert ratios["c8_server_cpu_floor_over_ours"] == 0.8  # a round without a CPU figure is left out
+
+
+def test_protocol_ratios_pair_http_with_grpc_round_by_round():
+    def point(rps, p50, cpu):
+        return {"requests_per_s": rps, "p50_ms": p50, "server_cpu_us_per_request": cpu}
+
+    # the machine halves its speed in round 2: HTTP/gRPC stays 0.8 in every round
+    measured = {
+        "m/grpc@1": [point(1000, 1.0, 400), point(500, 2.0, 800), point(1000, 1.0, None)],
+        "m/http@1": [point(800, 1.2, 500), point(400, 2.4, 1000), point(800, 1.3, 450)],
+    }
+    ratios = protocol_ratios(measured, "m", 1)
+    assert ratios["requests_per_s_http_over_grpc"] == pytest.approx(0.8)
+    assert ratios["requests_per_s_http_over_grpc_by_round"] == [0.8, 0.8, 0.8]
+    assert ratios["p50_http_over_grpc"] == pytest.approx(1.2)
+    assert ratios["p50_http_minus_grpc_ms"] == pytest.approx(0.3)
+    assert ratios["server_cpu_http_over_grpc"] == pytest.approx(1.25)  # rounds without a figure left out
 
 
 def test_compute_ratios_compare_like_with_like_round_by_round():
@@ -223,6 +250,21 @@ def test_quick_serve_overhead_measures_both_servers(tmp_path):
     assert ratios["c8_requests_per_s_vs_floor"] == pytest.approx(expected)
     assert set(figures["targets"].values()) <= {"met", "NOT met"}
     with Image.open(tmp_path / "out" / "serve-overhead.png") as image:
+        assert image.format == "PNG"
+
+
+def test_quick_protocols_section_measures_grpc_and_http(tmp_path):
+    """One cnnserve, lenet5 over gRPC and over HTTP (binary tensors) in the same round."""
+    assert bench_main(["--section", "protocols", "--quick", "--out", str(tmp_path / "out"),
+                       "--work", str(tmp_path / "work")]) == 0  # fmt: skip
+    figures = json.loads((tmp_path / "out" / "protocols.json").read_text())["figures"]
+    lenet5 = figures["models"]["lenet5"]
+    for key in ("grpc@1", "http@1", "grpc@8", "http@8"):
+        point = lenet5["points"][key]
+        assert point["requests_per_s"] > 0 and point["errors"] == 0 and point["server_cpu_us_per_request"] > 0
+    ratio = lenet5["points"]["http@8"]["requests_per_s"] / lenet5["points"]["grpc@8"]["requests_per_s"]
+    assert lenet5["ratios"]["8"]["requests_per_s_http_over_grpc"] == pytest.approx(ratio)
+    with Image.open(tmp_path / "out" / "protocols.png") as image:
         assert image.format == "PNG"
 
 

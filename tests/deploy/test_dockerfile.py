@@ -78,10 +78,12 @@ def test_runtime_settings_and_ports(dockerfile, target):
     assert serve_vars["SERVE_DEVICE"] in settings["SERVE_DEVICE"].choices
 
     ports = {int(port) for args in stage.all("EXPOSE") for port in args.split()}
+    http = int(serve_vars.get("SERVE_HTTP_PORT", settings["SERVE_HTTP_PORT"].default))
     grpc = int(serve_vars.get("SERVE_GRPC_PORT", settings["SERVE_GRPC_PORT"].default))
     metrics = int(serve_vars.get("SERVE_METRICS_PORT", settings["SERVE_METRICS_PORT"].default))
     health = int(serve_vars.get("SERVE_HEALTH_PORT", settings["SERVE_HEALTH_PORT"].default))
-    assert ports == {grpc, metrics, health}
+    assert ports == {http, grpc, metrics, health}
+    assert http == int(settings["SERVE_HTTP_PORT"].default)
     assert grpc == int(settings["SERVE_GRPC_PORT"].default)
     assert metrics == int(settings["SERVE_METRICS_PORT"].default)
 
@@ -122,9 +124,10 @@ def test_entrypoint_modules_exist():
 
 def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp_path):
     """The cpu stage's ENTRYPOINT with its ENV (repository, loopback and free ports swapped in for this
-    sandbox) serves; its HEALTHCHECK command, run by a shell as Docker does, passes; SIGTERM exits 0."""
+    sandbox) serves, HTTP too; its HEALTHCHECK command, run by a shell as Docker does, passes; SIGTERM
+    exits 0."""
     stage = dockerfile[1]["cpu"]
-    grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
+    grpc_port, metrics_port, health_port, http_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **stage.env(),
         "SERVE_REPO": str(lenet5_export.repo),
@@ -132,6 +135,7 @@ def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp
         "SERVE_GRPC_PORT": str(grpc_port),
         "SERVE_METRICS_PORT": str(metrics_port),
         "SERVE_HEALTH_PORT": str(health_port),
+        "SERVE_HTTP_PORT": str(http_port),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
         # `python` on PATH is this interpreter, as it is the image's
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -144,8 +148,10 @@ def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp
         f"http://127.0.0.1:{metrics_port}/metrics",
         tmp_path / "server.log",
         env=env,
+        http_url=f"http://127.0.0.1:{http_port}",
     )
     try:
+        assert server.http("GET", "/v2/health/ready").status == 200  # SERVE_HTTP_PORT from the ENV
         command = stage.last("HEALTHCHECK").partition(" CMD ")[2]
         check = subprocess.run(
             ["sh", "-c", command],

@@ -178,6 +178,7 @@ def test_ports_and_probes_follow_the_server_settings(directory):
     grpc_port = port_named(container, grpc_name)
     assert grpc_port == int(setting(env, "SERVE_GRPC_PORT"))
     assert port_named(container, "metrics") == int(setting(env, "SERVE_METRICS_PORT"))
+    assert port_named(container, "http") == int(setting(env, "SERVE_HTTP_PORT"))
     health_port = port_named(container, "health")
     assert health_port == int(setting(env, "SERVE_HEALTH_PORT"))
     # The kubelet probes the pod IP, so the server must not listen on loopback only.
@@ -294,6 +295,11 @@ def test_services_reach_the_pods(directory):
     headless = [s for s in grpc_services if s["spec"].get("clusterIP") == "None"]
     assert len(headless) == 1, "one headless Service for client-side balancing of gRPC"
     assert len(grpc_services) == 2, "a ClusterIP and a headless Service for gRPC"
+    http_services = [s for s in services if any(p["targetPort"] == "http" for p in s["spec"]["ports"])]
+    assert [s.get("spec", {}).get("clusterIP") for s in http_services] == [None], (
+        "a ClusterIP Service for HTTP"
+    )
+    assert http_services[0] in grpc_services, "HTTP and gRPC on one Service name"
     assert any(p["targetPort"] == "metrics" for s in services for p in s["spec"]["ports"])
     pdb = one(directory, "PodDisruptionBudget")
     assert matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
@@ -371,6 +377,9 @@ def test_kserve_predictor():
     assert first["ports"][0]["name"] == "h2c", (
         "the predictor Service's port; h2c = gRPC over cleartext HTTP/2"
     )
+    # RawDeployment adds the further container ports to the predictor Service: HTTP/REST among them
+    assert port_named(first, "http") == int(setting(container_env("kserve", first), "SERVE_HTTP_PORT"))
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
 
     pod_spec = {key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS}

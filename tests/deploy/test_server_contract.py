@@ -148,3 +148,27 @@ def test_live_server_answers_the_documented_health_services(lenet5_server):
     for service in (*readiness, liveness):
         status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_live_server_answers_on_its_http_port(lenet5_server):
+    """The HTTP port of the settings (a free one here) answers Triton's HTTP health and inference routes,
+    and its requests are counted with protocol="http"."""
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/lenet5/ready"):
+        assert lenet5_server.http("GET", path).status == 200, path
+    row = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
+    with urllib.request.urlopen(lenet5_server.metrics_url, timeout=10) as response:
+        before = response.read().decode()
+    assert lenet5_server.http("POST", "/v2/models/lenet5/infer", {"inputs": [row]}).status == 200
+    with urllib.request.urlopen(lenet5_server.metrics_url, timeout=10) as response:
+        after = response.read().decode()
+
+    def http_successes(text: str) -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "cnnserve_requests_total"
+            and s.labels == {"model": "lenet5", "version": "1", "protocol": "http", "outcome": "success"}
+        )
+
+    assert http_successes(after) - http_successes(before) == 1

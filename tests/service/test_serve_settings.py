@@ -44,6 +44,7 @@ def test_env_names_match_the_contract():
     assert {name: opt.env for name, opt in OPTIONS.items()} == {
         "repo": "SERVE_REPO",
         "host": "SERVE_HOST",
+        "http_port": "SERVE_HTTP_PORT",
         "grpc_port": "SERVE_GRPC_PORT",
         "metrics_port": "SERVE_METRICS_PORT",
         "model_control_mode": "SERVE_MODEL_CONTROL_MODE",

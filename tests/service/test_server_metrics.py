@@ -14,11 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from protos import grpc_service_pb2 as pb
 
 CONTRACT = {  # name -> (type, labels)
-    "cnnserve_request_duration_seconds": ("histogram", {"model", "version"}),
+    "cnnserve_request_duration_seconds": ("histogram", {"model", "version", "protocol"}),
     "cnnserve_queue_duration_seconds": ("histogram", {"model", "version"}),
     "cnnserve_compute_duration_seconds": ("histogram", {"model", "version", "backend", "precision"}),
     "cnnserve_batch_size": ("histogram", {"model", "version"}),
-    "cnnserve_requests": ("counter", {"model", "version", "outcome"}),  # exposed as cnnserve_requests_total
+    # exposed as cnnserve_requests_total
+    "cnnserve_requests": ("counter", {"model", "version", "protocol", "outcome"}),
     "cnnserve_inference_rows": ("counter", {"model", "version"}),
     "cnnserve_queue_depth": ("gauge", {"model", "version"}),
     "cnnserve_inflight_requests": ("gauge", {"model", "version"}),
@@ -70,20 +71,19 @@ def test_values_follow_requests(server, client, stub):
         stub.ModelInfer(pb.ModelInferRequest(model_name="ghost"), timeout=10)
     after = families(scrape(server))
     mv = {"model": "lenet5", "version": "1"}
+    grpc_mv = {**mv, "protocol": "grpc"}  # these requests came over gRPC
 
     def delta(name, sample, **labels):
         return value(after, name, sample, **labels) - value(before, name, sample, **labels)
 
-    assert delta("cnnserve_requests", "cnnserve_requests_total", outcome="success", **mv) == 1
-    assert delta("cnnserve_requests", "cnnserve_requests_total", outcome="invalid_argument", **mv) == 1
-    assert (
-        delta(
-            "cnnserve_requests", "cnnserve_requests_total", model="_unknown", version="", outcome="not_found"
-        )
-        == 1
-    )
+    assert delta("cnnserve_requests", "cnnserve_requests_total", outcome="success", **grpc_mv) == 1
+    assert delta("cnnserve_requests", "cnnserve_requests_total", outcome="invalid_argument", **grpc_mv) == 1
+    unknown = {"model": "_unknown", "version": "", "protocol": "grpc"}
+    assert delta("cnnserve_requests", "cnnserve_requests_total", outcome="not_found", **unknown) == 1
     assert delta("cnnserve_inference_rows", "cnnserve_inference_rows_total", **mv) == 4
-    assert delta("cnnserve_request_duration_seconds", "cnnserve_request_duration_seconds_count", **mv) == 1
+    assert (
+        delta("cnnserve_request_duration_seconds", "cnnserve_request_duration_seconds_count", **grpc_mv) == 1
+    )
     assert delta("cnnserve_batch_size", "cnnserve_batch_size_sum", **mv) == 4
     assert delta("cnnserve_compute_duration_seconds", "cnnserve_compute_duration_seconds_count", **mv) == 1
     assert delta("cnnserve_queue_duration_seconds", "cnnserve_queue_duration_seconds_count", **mv) == 1
@@ -92,7 +92,9 @@ def test_values_follow_requests(server, client, stub):
     load = value(after, "cnnserve_model_load_duration_seconds", "cnnserve_model_load_duration_seconds", **mv)
     assert 0 < load < 60
     # the request histogram is in seconds: a LeNet-5 request takes well under a second here
-    assert delta("cnnserve_request_duration_seconds", "cnnserve_request_duration_seconds_sum", **mv) < 1.0
+    assert (
+        delta("cnnserve_request_duration_seconds", "cnnserve_request_duration_seconds_sum", **grpc_mv) < 1.0
+    )
     assert "cnnserve_gpu_utilization_ratio" not in after or after["cnnserve_gpu_utilization_ratio"].samples
 
 

@@ -1,0 +1,383 @@
+"""The HTTP/REST front end: KServe v2 REST with Triton's extensions over the data plane, on Starlette served
+by uvicorn inside the event loop that runs gRPC and the data plane.
+
+The stack: the data plane and its telemetry live on one event loop, without locks, so the HTTP server must
+run in that loop rather than in threads or processes of its own. uvicorn is the ASGI reference server
+(Encode; httptools' C parser, flow control, graceful shutdown, TLS) and can be embedded in a running loop;
+Starlette (the router FastAPI is built on) adds routing and little else, so a request costs the parse, the
+codec (:mod:`.http_codec`) and the data plane, with no validation layer in between.
+
+Routes (Triton's HTTP API): ``GET /v2/health/live|ready``, ``GET /v2``, ``GET /v2/models/stats``, and under
+``/v2/models/{model}[/versions/{version}]``: ``GET`` (metadata), ``GET /ready``, ``GET /config``,
+``GET /stats``, ``POST /infer``; ``POST /v2/repository/index``,
+``POST /v2/repository/models/{m}/load|unload``; ``GET /metrics`` when the metrics port is this port.
+Every endpoint goes through :func:`_endpoint`, the one place where restrictions are checked and errors
+become ``{"error": "..."}`` with the HTTP status of the gRPC one (:data:`service.errors.HTTP_STATUS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.dataplane.plane import DataPlane
+from service.dataplane.types import InferRequest, InferResponse
+from service.errors import HTTP_STATUS, Cancelled, InvalidInput, ServeError
+from service.protocol import http_codec as codec
+from service.protocol.health import HealthState
+from service.protocol.security import Restriction
+from service.telemetry.stats import HTTP, REQUEST_PROTOCOL
+
+log = logging.getLogger(__name__)
+
+JSON_INLINE_BYTES = 1 << 18  # larger JSON headers are parsed off the event loop (other requests go on)
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
+
+
+class PayloadTooLarge(ServeError):
+    """A request body over --max-message-bytes (gRPC refuses such a message with RESOURCE_EXHAUSTED)."""
+
+    status = "RESOURCE_EXHAUSTED"
+    http_status = 413
+
+
+class UnsupportedEncoding(InvalidInput):
+    http_status = 415
+
+
+def error_response(code: int, message: str, close: bool = False) -> Response:
+    headers = {"connection": "close"} if close else None
+    return Response(codec.dumps({"error": message}), code, headers, media_type=codec.JSON_TYPE)
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own refusals (no such route: 404, wrong method: 405), in the API's error form."""
+    response = error_response(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def _endpoint(group: str | None) -> Callable:
+    """Check the restriction of ``group`` (None: never restricted), then answer; any error becomes the
+    API's error response."""
+
+    def decorate(method: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        @functools.wraps(method)
+        async def endpoint(self: HttpFrontEnd, request: Request) -> Response:
+            try:
+                restriction = self.restrictions.get(group) if group else None
+                if restriction is not None:
+                    restriction.check(request.headers)  # case-insensitive, as Restriction expects
+                return await method(self, request)
+            except Exception as e:
+                return self.error(e)
+
+        return endpoint
+
+    return decorate
+
+
+def _model(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["model"], params.get("version", "")
+
+
+class HttpFrontEnd:
+    """The routes over one data plane; with ``registry``, /metrics too (the metrics port is this one)."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        health: HealthState,
+        *,
+        max_body_bytes: int,
+        restrictions: dict[str, Restriction] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.plane = plane
+        self.health = health
+        self.max_body_bytes = max_body_bytes
+        self.restrictions = restrictions or {}
+        self.registry = registry
+
+    def app(self) -> Starlette:
+        routes = []
+        for model in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes.append(Route(f"{model}/infer", self.infer, methods=["POST"]))  # first: the busy one
+        routes += [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),  # before {model}, as Triton
+        ]
+        for model in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes += [
+                Route(model, self.model_metadata, methods=["GET"]),
+                Route(f"{model}/ready", self.model_ready, methods=["GET"]),
+                Route(f"{model}/config", self.model_config, methods=["GET"]),
+                Route(f"{model}/stats", self.statistics, methods=["GET"]),
+            ]
+        routes += [
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.unload, methods=["POST"]),
+        ]
+        if self.registry is not None:
+            routes.append(Route("/metrics", self.metrics, methods=["GET"]))
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+
+    def error(self, exc: BaseException) -> Response:
+        status, message = self.plane.public_status(exc)
+        code = exc.http_status if isinstance(exc, ServeError) else HTTP_STATUS[status]
+        # Refused unread (too large), or draining: the client should go elsewhere on a new connection.
+        return error_response(code, message, close=isinstance(exc, PayloadTooLarge) or code == 503)
+
+    async def body(self, request: Request) -> bytes:
+        """The request body, refused (413) past the limit before it is all read: by its Content-Length
+        when it has one, else as the chunks arrive; decompressed (gzip, deflate) within the same limit."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes "
+                "(--max-message-bytes)"
+            )
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"request body exceeds the server's limit of {limit} bytes (--max-message-bytes)"
+                        )
+                    chunks.append(chunk)
+        except ClientDisconnect:
+            raise Cancelled("the client went away before it sent the whole request body") from None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ENCODINGS:
+            raise UnsupportedEncoding(
+                f"header Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity"
+            )
+        inflater = zlib.decompressobj(ENCODINGS[encoding])
+        try:
+            plain = inflater.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise InvalidInput(f"request body is not valid {encoding} data (Content-Encoding): {e}") from None
+        if len(plain) > limit:
+            raise PayloadTooLarge(
+                f"request body decompresses to more than the server's limit of {limit} bytes "
+                "(--max-message-bytes)"
+            )
+        return plain
+
+    # ------------------------------------------------------------------------------ inference
+
+    @_endpoint("inference")
+    async def infer(self, request: Request) -> Response:
+        model, version = _model(request)
+        body = await self.body(request)
+        length = codec.header_length(request.headers.get(codec.HEADER_LENGTH), len(body))
+        if (length or len(body)) > JSON_INLINE_BYTES:
+            loop = asyncio.get_running_loop()
+            plain, choice = await loop.run_in_executor(
+                None, codec.infer_request, model, version, body, length
+            )
+        else:
+            plain, choice = codec.infer_request(model, version, body, length)
+        REQUEST_PROTOCOL.set(HTTP)  # this task's requests count as HTTP in the metrics
+        content, header = codec.infer_response(await self._infer_while_connected(request, plain), choice)
+        if header is None:
+            return Response(content, media_type=codec.JSON_TYPE)
+        return Response(content, media_type=codec.BINARY_TYPE, headers={codec.HEADER_LENGTH: str(header)})
+
+    async def _infer_while_connected(self, request: Request, plain: InferRequest) -> InferResponse:
+        """The data plane's answer; a client that disconnects first cancels its request, as a cancelled
+        RPC does on gRPC (it leaves the batcher queue and counts as ``cancelled``)."""
+        task = asyncio.current_task()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            # the body is read: the next message is the disconnect (or the end of this response)
+            if (await request.receive())["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await self.plane.infer(plain)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # shutdown past the grace period, not the client
+            if hasattr(task, "uncancel"):  # Python 3.11+: this task goes on, answering the cancellation
+                task.uncancel()
+            raise Cancelled("the client disconnected before its answer was ready") from None
+        finally:
+            watcher.cancel()
+
+    # -------------------------------------------------------------- health, from HealthState only
+
+    @_endpoint("health")
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200 if self.health.live else 400)
+
+    @_endpoint("health")
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.health.ready else 400)
+
+    @_endpoint("health")
+    async def model_ready(self, request: Request) -> Response:
+        model, version = _model(request)
+        if self.health.model_ready(model, version):
+            return Response(status_code=200)
+        shown = repr(model) + (f" version {version}" if version else "")
+        return error_response(400, f"model {shown} is not ready")
+
+    # ----------------------------------------------------------------------------- the rest
+
+    @_endpoint("metadata")
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(codec.server_metadata(self.plane.server_metadata()))
+
+    @_endpoint("metadata")
+    async def model_metadata(self, request: Request) -> Response:
+        return _json(codec.model_metadata(self.plane.model_metadata(*_model(request))))
+
+    @_endpoint("model-config")
+    async def model_config(self, request: Request) -> Response:
+        return _json(codec.model_config(self.plane.model_config(*_model(request))))
+
+    @_endpoint("statistics")
+    async def statistics(self, request: Request) -> Response:
+        params = request.path_params
+        stats = self.plane.model_statistics(params.get("model", ""), params.get("version", ""))
+        return _json(codec.model_statistics(stats))
+
+    @_endpoint("model-repository")
+    async def repository_index(self, request: Request) -> Response:
+        document = codec.json_object(await self.body(request), "repository index request")
+        return _json(codec.repository_index(self.plane.repository_index(codec.index_ready(document))))
+
+    @_endpoint("model-repository")
+    async def load(self, request: Request) -> Response:
+        document = codec.json_object(await self.body(request), "model load request")
+        await self.plane.load_model(request.path_params["model"], codec.control_parameters(document, "load"))
+        return Response(status_code=200)
+
+    @_endpoint("model-repository")
+    async def unload(self, request: Request) -> Response:
+        document = codec.json_object(await self.body(request), "model unload request")
+        parameters = codec.control_parameters(document, "unload")
+        await self.plane.unload_model(request.path_params["model"], parameters)
+        return Response(status_code=200)
+
+    @_endpoint(None)
+    async def metrics(self, request: Request) -> Response:
+        text = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def _json(document) -> Response:
+    return Response(codec.dumps(document), media_type=codec.JSON_TYPE)
+
+
+# ------------------------------------------------------------------------------------ the server
+
+
+class EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our event loop, beside grpc.aio: the process's signal handlers stay ours."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound and listening before the server starts (a client that connects early waits in the backlog).
+    Made from getaddrinfo's answer, not socket.create_server: asyncio turns Nagle off only on sockets
+    whose proto says TCP, and create_server's say 0, which costs every response a delayed ACK (40 ms)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def uvicorn_config(
+    app,
+    *,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
+) -> uvicorn.Config:
+    """uvicorn for an embedded API server: no logging setup of its own, no access log, no lifespan, no
+    proxy headers, no websockets; TLS (mutual with ``tls_client_ca``). Unreadable TLS files fail here."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
+        server_header=False,
+        ws="none",
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        ssl_ca_certs=tls_client_ca,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if tls_client_ca else ssl.CERT_NONE,
+    )
+    config.load()
+    return config
+
+
+class HttpServer:
+    """An app served by uvicorn on ``host:port`` in the running event loop; bound at construction."""
+
+    def __init__(self, app, host: str, port: int, **tls) -> None:
+        self.server = EmbeddedUvicorn(uvicorn_config(app, **tls))
+        try:
+            self.socket = listening_socket(host, port)
+        except OSError as e:
+            raise OSError(f"cannot bind HTTP to {host}:{port} (port in use?): {e}") from None
+        self.port = self.socket.getsockname()[1]
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.server.serve([self.socket]), name="http")
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, close idle connections, let requests in progress finish for up to ``grace``
+        seconds (then cancel them)."""
+        if self._task is None:
+            self.socket.close()
+            return
+        self.server.config.timeout_graceful_shutdown = max(grace, 0.1)
+        self.server.should_exit = True
+        try:
+            await self._task
+        except (Exception, SystemExit):  # uvicorn exits its startup with SystemExit
+            log.exception("the HTTP server failed")

@@ -1,0 +1,138 @@
+"""The HTTP port over a server's life, with servers of their own: SIGTERM drain (health answers, new
+inference gets 503, requests in flight finish, then the port closes), explicit model control over HTTP with
+/metrics on the same port, and a busy port as a clear error."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.server import ROOT, free_port
+
+ROW = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``condition`` (a server-side state with no event to wait on) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def sample(metrics_url: str, name: str, **labels) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
+    repo = tmp_path / "repo"
+    lenet_copy(repo, "lenet5_slow", max_batch_size=8, max_queue_delay_microseconds=3_000_000)
+    server = server_factory(repo, "--grace-period", "20")
+    infer = "/v2/models/lenet5_slow/infer"
+    with ThreadPoolExecutor(3) as pool:
+        in_flight = [pool.submit(server.http, "POST", infer, {"inputs": [ROW]}) for _ in range(3)]
+        wait_for(
+            lambda: sample(server.metrics_url, "cnnserve_queue_depth", model="lenet5_slow") == 3,
+            what="three requests in the batcher queue",
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: server.http("GET", "/v2/health/ready").status == 400, what="readiness to turn false")
+        assert server.proc.poll() is None, "the server must wait for its queued requests"
+        assert server.http("GET", "/v2/health/live").status == 200  # live while draining
+        assert server.http("GET", "/v2/models/lenet5_slow/ready").status == 400
+        refused = server.http("POST", infer, {"inputs": [ROW]})
+        assert refused.status == 503
+        assert "server is shutting down" in refused.json()["error"]
+        assert refused.headers["connection"] == "close"  # go elsewhere
+        answers = [f.result(timeout=30) for f in in_flight]
+    assert [a.status for a in answers] == [200] * 3
+    assert [a.json()["outputs"][0]["shape"] for a in answers] == [[1, 10]] * 3
+    assert server.proc.wait(timeout=30) == 0
+    with pytest.raises(ConnectionError):
+        server.http("GET", "/v2/health/live", timeout=5)
+    assert "Traceback" not in server.log()
+
+
+def test_explicit_model_control_over_http_with_metrics_on_the_http_port(model_repo, server_factory):
+    port = str(free_port())
+    server = server_factory(
+        model_repo, "--model-control-mode", "explicit", "--http-port", port, "--metrics-port", port
+    )
+    assert server.metrics_url == f"http://127.0.0.1:{port}/metrics"
+    assert "HTTP/REST (KServe v2) on http://127.0.0.1:" in server.log() and "with /metrics" in server.log()
+    assert "metrics and HTTP health on" not in server.log()  # no metrics port of its own
+
+    def index() -> dict:
+        return {m["name"]: m["state"] for m in server.http("POST", "/v2/repository/index").json()}
+
+    assert index()["lenet5"] == "UNAVAILABLE"
+    assert server.http("GET", "/v2/models/lenet5/ready").status == 400
+    loaded = server.http("POST", "/v2/repository/models/lenet5/load", {})
+    assert (loaded.status, loaded.body) == (200, b"")
+    assert index()["lenet5"] == "READY"
+    assert server.http("GET", "/v2/models/lenet5/ready").status == 200
+    before = sample(
+        server.metrics_url, "cnnserve_requests_total", model="lenet5", protocol="http", outcome="success"
+    )
+    assert server.http("POST", "/v2/models/lenet5/infer", {"inputs": [ROW]}).status == 200
+    after = sample(
+        server.metrics_url, "cnnserve_requests_total", model="lenet5", protocol="http", outcome="success"
+    )
+    assert after - before == 1
+    metrics = server.http("GET", "/metrics")
+    assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert (
+        b'cnnserve_model_ready{backend="onnxruntime",model="lenet5",precision="fp32",version="1"} 1.0'
+        in metrics.body
+    )
+
+    unsupported = server.http("POST", "/v2/repository/models/lenet5/load", {"parameters": {"config": "{}"}})
+    assert unsupported.status == 400
+    assert "RepositoryModelLoad parameters ['config'] are not supported" in unsupported.json()["error"]
+    malformed = server.http("POST", "/v2/repository/models/lenet5/load", b"{")
+    assert malformed.status == 400 and malformed.json()["error"].startswith(
+        "model load request: malformed JSON"
+    )
+    # Triton's client sends unload_dependents; nothing depends on a model here
+    unloaded = server.http(
+        "POST", "/v2/repository/models/lenet5/unload", {"parameters": {"unload_dependents": False}}
+    )
+    assert unloaded.status == 200
+    assert index()["lenet5"] == "UNAVAILABLE"
+    gone = server.http("POST", "/v2/models/lenet5/infer", {"inputs": [ROW]})
+    assert gone.status == 404
+
+
+def test_a_busy_http_port_is_a_clear_error(model_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        args = ["--repo", str(model_repo), "--host", "127.0.0.1", "--http-port", str(port)]
+        ports = ["--grpc-port", str(free_port()), "--metrics-port", "0", "--health-port", "0"]
+        done = subprocess.run(
+            [sys.executable, "-m", "service", *args, *ports, "--model-control-mode", "explicit"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert f"cannot bind HTTP to 127.0.0.1:{port} (port in use?)" in done.stderr
+    assert "Traceback" not in done.stderr
