@@ -1,18 +1,18 @@
-"""The server's benchmarks (issue 3's targets): overhead against the protocol's floor, compute against
-onnxruntime in-process, and dynamic batching on vs off. Every point is measured in several interleaved
-rounds (the order of the targets alternates), and the tables show medians over rounds."""
+"""The server's benchmarks: compute against onnxruntime in-process, and dynamic batching on vs off (its
+overhead against the protocol's floor and against other servers: ``bench.peers``). Every point is
+measured in several interleaved rounds (the order of the targets alternates), and the tables show medians
+over rounds."""
 
 from __future__ import annotations
 
 import statistics
 
-from bench import BenchContext, SectionResult, null_server, register_section
+from bench import BenchContext, SectionResult, register_section
 from bench.charts import grouped_bars
 from bench.inprocess import run as run_inprocess
 from bench.serving import (
     MAX_BATCH,
     NOBATCH,
-    Endpoint,
     closed_loop,
     cnnserve,
     median_point,
@@ -22,10 +22,7 @@ from bench.serving import (
 OVERHEAD_MODEL = "lenet5"
 COMPUTE_MODEL = "resnet18"
 CONCURRENCIES = (1, 8)
-# The issue's targets
-MIN_REQUESTS_VS_FLOOR = 0.75
-MAX_P50_OVER_FLOOR_MS = 0.5
-MIN_SERVED_VS_INPROCESS = 0.9
+MIN_SERVED_VS_INPROCESS = 0.9  # served images/s against onnxruntime in-process on the same artifact
 
 
 def _verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
@@ -39,6 +36,11 @@ def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def round_ratios(ours: list[dict], base: list[dict], key: str) -> list[float]:
+    """``ours[r][key] / base[r][key]`` for each round ``r``: the two were measured side by side."""
+    return [o[key] / b[key] for o, b in zip(ours, base, strict=True)]
+
+
 def _interleaved(ctx: BenchContext, rounds: int, jobs: list[tuple[str, object]]) -> dict[str, list]:
     """Run every job once per round, reversing the order in every other round, so that a drift in the
     machine's load or a warm-up effect hits all of them alike. ``jobs``: (key, callable)."""
@@ -48,161 +50,6 @@ def _interleaved(ctx: BenchContext, rounds: int, jobs: list[tuple[str, object]])
         for key, job in jobs if r % 2 == 0 else list(reversed(jobs)):
             results[key].append(job())
     return results
-
-
-# ---------------------------------------------------------------------------------------- overhead
-
-
-def round_ratios(ours: list[dict], base: list[dict], key: str) -> list[float]:
-    """``ours[r][key] / base[r][key]`` for each round ``r``: the two were measured side by side."""
-    return [o[key] / b[key] for o, b in zip(ours, base, strict=True)]
-
-
-def overhead_ratios(floor: dict[int, list[dict]], ours: dict[int, list[dict]]) -> dict:
-    """The overhead figures the issue sets targets for, per concurrency: the median over rounds of
-    cnnserve against the floor measured right beside it in the same round (so that a change in the
-    machine's speed between rounds cancels out)."""
-    out: dict = {}
-    for c in sorted(set(floor) & set(ours)):
-        pairs = list(zip(floor[c], ours[c], strict=True))
-        out[f"c{c}_requests_per_s_vs_floor"] = statistics.median(
-            round_ratios(ours[c], floor[c], "requests_per_s")
-        )
-        out[f"c{c}_p50_minus_floor_ms"] = statistics.median(o["p50_ms"] - f["p50_ms"] for f, o in pairs)
-        cpu = [
-            f["server_cpu_us_per_request"] / o["server_cpu_us_per_request"]
-            for f, o in pairs
-            if f.get("server_cpu_us_per_request") and o.get("server_cpu_us_per_request")
-        ]
-        out[f"c{c}_server_cpu_floor_over_ours"] = statistics.median(cpu) if cpu else None
-    return out
-
-
-@register_section(
-    "serve-overhead",
-    f"{OVERHEAD_MODEL} on cnnserve vs the do-nothing KServe v2 server (the protocol's floor): "
-    "req/s and p50 at concurrency 1 and 8",
-)
-def serve_overhead(ctx: BenchContext) -> SectionResult:
-    rounds = 1 if ctx.quick else 7
-    timing = window_settings(ctx)
-    if not ctx.quick:  # short steps, many rounds: more floor/cnnserve pairs measured side by side
-        timing.update(window_s=0.5, duration_s=3.0, warmup_s=0.5)
-    with (
-        null_server.running(
-            model=OVERHEAD_MODEL, shape=(1, 32, 32), classes=10, max_batch_size=MAX_BATCH
-        ) as null,
-        cnnserve(ctx, [OVERHEAD_MODEL]) as server,
-    ):
-        targets = {
-            "floor": Endpoint("floor", null.grpc, OVERHEAD_MODEL, null.pid, null.metrics_url),
-            "cnnserve": server.endpoint(OVERHEAD_MODEL, "cnnserve"),
-        }
-        jobs = [
-            (f"{label}@{c}", lambda t=target, c=c: closed_loop(ctx, t, c, **timing))
-            for c in CONCURRENCIES
-            for label, target in targets.items()
-        ]
-        measured = _interleaved(ctx, rounds, jobs)
-    medians = {key: median_point(points) for key, points in measured.items()}
-    floor = {c: medians[f"floor@{c}"] for c in CONCURRENCIES}
-    ours = {c: medians[f"cnnserve@{c}"] for c in CONCURRENCIES}
-    ratios = overhead_ratios(
-        {c: measured[f"floor@{c}"] for c in CONCURRENCIES},
-        {c: measured[f"cnnserve@{c}"] for c in CONCURRENCIES},
-    )
-    per_round = {
-        f"c{c}_requests_per_s_vs_floor": [
-            round(r, 3)
-            for r in round_ratios(measured[f"cnnserve@{c}"], measured[f"floor@{c}"], "requests_per_s")
-        ]
-        for c in CONCURRENCIES
-    }
-    targets_met = {
-        "c1_requests_per_s_vs_floor >= 0.75": _verdict(
-            ratios["c1_requests_per_s_vs_floor"], MIN_REQUESTS_VS_FLOOR
-        ),
-        "c1_p50_minus_floor_ms <= 0.5": _verdict(
-            ratios["c1_p50_minus_floor_ms"], MAX_P50_OVER_FLOOR_MS, higher_is_better=False
-        ),
-        "c8_requests_per_s_vs_floor >= 0.75": _verdict(
-            ratios["c8_requests_per_s_vs_floor"], MIN_REQUESTS_VS_FLOOR
-        ),
-    }
-    categories = [f"c={c}" for c in CONCURRENCIES]
-    plot = ctx.out_dir / "serve-overhead.png"
-    grouped_bars(
-        plot,
-        {
-            "requests/s": (
-                categories,
-                {
-                    k: [m[c]["requests_per_s"] for c in CONCURRENCIES]
-                    for k, m in (("floor", floor), ("cnnserve", ours))
-                },
-            ),
-            "p50 ms": (
-                categories,
-                {
-                    k: [m[c]["p50_ms"] for c in CONCURRENCIES]
-                    for k, m in (("floor", floor), ("cnnserve", ours))
-                },
-            ),
-            "server CPU µs/request": (
-                categories,
-                {
-                    k: [m[c]["server_cpu_us_per_request"] or 0.0 for c in CONCURRENCIES]
-                    for k, m in (("floor", floor), ("cnnserve", ours))
-                },
-            ),
-        },
-        f"{OVERHEAD_MODEL}: cnnserve vs the do-nothing KServe v2 server (medians of {rounds} rounds)",
-        note=", ".join(f"{k.replace('_', ' ')}: {_fmt(v)}" for k, v in ratios.items() if "cpu" not in k),
-    )
-    rows = []
-    for c in CONCURRENCIES:
-        for label, m in (("floor", floor[c]), ("cnnserve", ours[c])):
-            rows.append(
-                [
-                    label,
-                    str(c),
-                    f"{m['requests_per_s']:.0f}",
-                    f"{m['p50_ms']:.2f}",
-                    f"{m['p99_ms']:.2f}",
-                    _fmt(m["server_cpu_us_per_request"], "{:.0f}"),
-                    str(m["errors"]),
-                    ", ".join(f"{v:.0f}" for v in m["requests_per_s_by_round"]),
-                ]
-            )
-    notes = [f"{name}: {_fmt(ratios[name.split()[0]])} ({verdict})" for name, verdict in targets_met.items()]
-    notes.append(
-        f"server CPU floor/ours: c=1 {_fmt(ratios['c1_server_cpu_floor_over_ours'])}, "
-        f"c=8 {_fmt(ratios['c8_server_cpu_floor_over_ours'])}"
-    )
-    return SectionResult(
-        columns=[
-            "target",
-            "conc.",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "server CPU µs/req",
-            "errors",
-            "req/s by round",
-        ],
-        rows=rows,
-        figures={
-            "model": OVERHEAD_MODEL,
-            "rounds": rounds,
-            "floor": {str(c): floor[c] for c in CONCURRENCIES},
-            "cnnserve": {str(c): ours[c] for c in CONCURRENCIES},
-            "ratios": ratios,
-            "ratios_by_round": per_round,
-            "targets": targets_met,
-        },
-        plots=[plot],
-        notes=notes,
-    )
 
 
 # ----------------------------------------------------------------------------------------- compute

@@ -1,4 +1,5 @@
-"""The cnnserve inference server: KServe v2 gRPC (Triton-compatible), dynamic batching, Prometheus metrics.
+"""The cnnserve inference server: KServe v2 over gRPC and HTTP (Triton-compatible), dynamic batching,
+Prometheus metrics.
 
 Run it with ``python -m service --repo model_repository``; call it with :mod:`service.client`.
 """

@@ -1,4 +1,5 @@
-"""``python -m service --repo DIR [--grpc-port 8001] [--metrics-port 8002] [--model-control-mode MODE]``"""
+"""``python -m service --repo DIR [--grpc-port 8001] [--http-port 8000] [--metrics-port 8002] [...]``:
+KServe v2 over gRPC and HTTP; ``--help`` lists every flag and its ``SERVE_*`` variable."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The benchmark entry point: registry rules, the ratio arithmetic, the null server as a floor, and quick
-runs of the client and serve-overhead sections (real servers on free 127.0.0.1 ports)."""
+runs of the client, delay and protocols sections (real servers on free 127.0.0.1 ports)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ import bench
 from bench import null_server
 from bench.__main__ import main as bench_main
 from bench.gpu import no_gpu_reason
+from bench.peers import _verdicts as peer_verdicts
+from bench.peers import ratios as peer_ratios
 from bench.protocols import protocol_ratios
-from bench.serve import compute_ratios, overhead_ratios
+from bench.report import update_benchmarks_block
+from bench.serve import compute_ratios
 from bench.serving import median_point
 from loadtest.scrape import scrape
 from protos import grpc_service_pb2 as pb
@@ -28,11 +31,13 @@ SECTIONS = {
     "client",
     "client-api",
     "export",
-    "serve-overhead",
     "serve-compute",
     "batching",
     "gpu",
     "protocols",
+    "peers",
+    "delay",
+    "inputs",
 }
 
 
@@ -43,23 +48,42 @@ def test_sections_register_once():
         bench.register_section("client", "again")(sections["client"].run)
 
 
-def test_overhead_ratios_pair_each_round_with_its_own_floor():
-    def point(rps, p50, cpu):
-        return {"requests_per_s": rps, "p50_ms": p50, "server_cpu_us_per_request": cpu}
+def test_peer_ratios_pair_each_round_with_the_peer_beside_it():
+    def point(images):
+        return {"images_per_s": images, "p50_ms": 1000 / images}
 
     # the machine halves its speed in round 2: per-round pairs cancel that out
-    floor = {
-        1: [point(1000, 1.0, 500), point(500, 2.0, 1000), point(1000, 1.0, 500)],
-        8: [point(2000, 3.0, 400), point(1000, 6.0, None), point(2000, 3.0, 400)],
+    measured = {
+        "cnnserve|lenet5|1": [point(1100), point(550), point(1100)],
+        "triton|lenet5|1": [point(1000), point(500), point(1100)],
+        "do-nothing|lenet5|1": [point(2200), point(1100), point(2000)],
+        "triton|resnet18|8": [point(40)],
     }
-    ours = {1: [point(800, 1.3, 625), point(400, 2.4, 1250), point(700, 1.4, 700)],
-            8: [point(1500, 4.0, 500), point(750, 8.0, 900), point(1600, 4.0, 500)]}  # fmt: skip
-    ratios = overhead_ratios(floor, ours)
-    assert ratios["c1_requests_per_s_vs_floor"] == 0.8
-    assert ratios["c1_p50_minus_floor_ms"] == pytest.approx(0.4)
-    assert ratios["c1_server_cpu_floor_over_ours"] == 0.8
-    assert ratios["c8_requests_per_s_vs_floor"] == 0.75
-    assert ratios["c8_server_cpu_floor_over_ours"] == 0.8  # a round without a CPU figure is left out
+    ratios = peer_ratios(measured, "images_per_s")
+    assert ratios == {"lenet5@c1 vs triton": 1.1, "lenet5@c1 vs do-nothing": 0.5}
+    verdicts = peer_verdicts(ratios)
+    assert verdicts["lenet5 c=1: ours / triton >= 1.1"] == "1.10: met"
+    assert verdicts["resnet18 c=8: ours / triton >= 1.0"] == "not measured"
+
+
+def test_benchmarks_block_is_replaced_in_place(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nintro\n")
+    assert update_benchmarks_block(
+        "peers", ["a", "b"], [["1", "2"]], ["a note"], command="cmd", quick=False, path=path
+    )
+    first = path.read_text()
+    assert "<!-- bench:peers:begin -->" in first and "| 1 | 2 |" in first and "- a note" in first
+    update_benchmarks_block("peers", ["a", "b"], [["3", "4"]], [], command="cmd", quick=False, path=path)
+    second = path.read_text()
+    assert (
+        second.count("<!-- bench:peers:begin -->") == 1
+        and "| 3 | 4 |" in second
+        and "| 1 | 2 |" not in second
+    )
+    assert second.startswith("# Benchmarks\n\nintro\n")
+    assert not update_benchmarks_block("peers", ["a"], [["9"]], [], command="cmd", quick=True, path=path)
+    assert path.read_text() == second  # smoke runs publish nothing
 
 
 def test_protocol_ratios_pair_http_with_grpc_round_by_round():
@@ -234,22 +258,15 @@ def test_quick_client_section_writes_figures_and_plot(tmp_path):
         assert image.format == "PNG"
 
 
-def test_quick_serve_overhead_measures_both_servers(tmp_path):
-    """lenet5 exported, served by cnnserve beside the null server, both driven by the closed loop."""
-    assert bench_main(["--section", "serve-overhead", "--quick", "--out", str(tmp_path / "out"),
+def test_quick_delay_section_measures_every_delay(tmp_path):
+    """lenet5 copies with queue delays 0..2000 us on one server, each driven at concurrency 1."""
+    assert bench_main(["--section", "delay", "--quick", "--out", str(tmp_path / "out"),
                        "--work", str(tmp_path / "work")]) == 0  # fmt: skip
-    figures = json.loads((tmp_path / "out" / "serve-overhead.json").read_text())["figures"]
-    for target in ("floor", "cnnserve"):
-        for c in ("1", "8"):
-            point = figures[target][c]
-            assert point["requests_per_s"] > 0 and point["errors"] == 0
-            assert point["server_cpu_us_per_request"] > 0
-            assert point["batches"]  # both export cnnserve_batch_size
-    ratios = figures["ratios"]
-    expected = figures["cnnserve"]["8"]["requests_per_s"] / figures["floor"]["8"]["requests_per_s"]
-    assert ratios["c8_requests_per_s_vs_floor"] == pytest.approx(expected)
-    assert set(figures["targets"].values()) <= {"met", "NOT met"}
-    with Image.open(tmp_path / "out" / "serve-overhead.png") as image:
+    figures = json.loads((tmp_path / "out" / "delay.json").read_text())["figures"]
+    assert set(figures["points"]) == {"0", "200", "500", "2000"}
+    assert figures["excess_us"]["0"] == 0
+    assert figures["points"]["2000"]["p50_ms"] > figures["points"]["0"]["p50_ms"]  # a 2 ms wait shows
+    with Image.open(tmp_path / "out" / "delay.png") as image:
         assert image.format == "PNG"
 
 
