@@ -14,17 +14,20 @@ import contextlib
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 from service.cpus import cpu_budget
 from service.dataplane.plane import DataPlane, Limits
 from service.protocol.grpc_server import address_of, build_server
 from service.protocol.health import RESERVED_NAMES, HealthServer, HealthState, heartbeat, http_probe
-from service.protocol.http_server import HttpFrontEnd, HttpServer
 from service.protocol.security import grpc_server_credentials, parse_restrictions
 from service.serving import ModelManager
 from service.settings import Settings, SettingsError
 from service.telemetry.endpoint import serve_endpoint
 from service.telemetry.prometheus import ServerMetrics
+
+if TYPE_CHECKING:
+    from service.protocol.http_server import HttpServer
 
 log = logging.getLogger("service")
 
@@ -59,7 +62,7 @@ class Server:
         self.health_server = HealthServer(self.health)
         self.endpoint = None
         self.grpc = None
-        self.http: HttpServer | None = None
+        self.http: HttpServer | None = None  # service.protocol.http_server, when the HTTP port is on
         self._heartbeat: asyncio.Task | None = None
 
     async def _model_changed(self, name: str) -> None:
@@ -120,7 +123,10 @@ class Server:
             self._start_http(metrics_on_http)
 
     def _start_http(self, with_metrics: bool) -> None:
-        """The HTTP/REST port, bound after gRPC's (a busy gRPC port is the error reported first)."""
+        """The HTTP/REST port, bound after gRPC's (a busy gRPC port is the error reported first). Its
+        stack (Starlette, uvicorn) is imported only here: with ``--http-port 0`` the server needs neither."""
+        from service.protocol.http_server import HttpFrontEnd, HttpServer
+
         settings = self.settings
         front_end = HttpFrontEnd(
             self.plane,

@@ -23,14 +23,18 @@ def test_extras_split_the_dependencies():
     assert any(d.startswith("matplotlib") for d in extras["loadtest"])
 
 
-def test_server_serves_onnx_without_the_extras(lenet5_export, tmp_path):
-    """A sitecustomize that makes every extra's module unimportable, as in the CPU image."""
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in EXTRA_MODULES)
+def _blocking(folder, modules) -> dict[str, str]:
+    """The environment of a server that cannot import ``modules`` (a sitecustomize that blocks them)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
     )
-    server = start_server(lenet5_export.repo, tmp_path, env={"PYTHONPATH": f"{blocker}:{ROOT}"})
+    return {"PYTHONPATH": f"{folder}:{ROOT}"}
+
+
+def test_server_serves_onnx_without_the_extras(lenet5_export, tmp_path):
+    """Every extra's module unimportable, as in the CPU image."""
+    server = start_server(lenet5_export.repo, tmp_path, env=_blocking(tmp_path / "block", EXTRA_MODULES))
     try:
         x = np.random.default_rng(0).normal(size=(2, 1, 32, 32)).astype(np.float32)
         with server.client() as client:
@@ -39,3 +43,18 @@ def test_server_serves_onnx_without_the_extras(lenet5_export, tmp_path):
     finally:
         assert server.terminate() == 0
     assert "No module named" not in server.log()
+
+
+def test_server_serves_with_http_off_where_its_stack_is_missing(lenet5_export, tmp_path):
+    """The GPU machine's image has no starlette, uvicorn, grpcio-health-checking or grpcio-reflection:
+    with --http-port 0 the server needs none of them (reflection is then off)."""
+    missing = ("starlette", "uvicorn", "grpc_health", "grpc_reflection")
+    env = _blocking(tmp_path / "block", missing)
+    server = start_server(lenet5_export.repo, tmp_path, "--http-port", "0", env=env)
+    try:
+        x = np.zeros((1, 1, 32, 32), dtype=np.float32)
+        with server.client() as client:
+            assert client.infer("lenet5", x).shape == (1, 10)
+    finally:
+        assert server.terminate() == 0
+    assert "server reflection is off: grpcio-reflection is not installed" in server.log()
