@@ -1,9 +1,12 @@
-"""``export_model``: one family member -> checked ONNX FP32 / FP16 / INT8 (+ TensorRT plans) entries.
+"""``export_model``: one family member -> checked entries: ONNX FP32 / FP16 / INT8, torch.export programs
+(FP32, FP16), TensorRT plans where TensorRT and a GPU exist.
 
 Every artifact is compared with the PyTorch FP32 model on the same inputs: random batches of several
 sizes (parity) and an evaluation set (top-1 agreement and, where labels exist, accuracy). Nothing is
 written to the repository unless every check passes. Each precision is one stage: convert from the
-FP32 ONNX model, check, optionally build a TensorRT plan, write the entry.
+FP32 ONNX model, check, write the torch program and check it, optionally build a TensorRT plan, write
+the entry. The primary artifact (what config.pbtxt names) is the plan where one was built, else the ONNX
+model; the others are the manifest's alternatives.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from export.onnx_export import export_onnx
 from export.options import ExportOptions
 from export.progress import Reporter
 from export.tensorrt import PlanRunner, build_plan, resolve_mode
+from export.torch_program import NO_INT8_PROGRAM, ProgramRunner, export_program, validation_device
 from export.validate import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -42,14 +46,15 @@ from export.validate import (
 )
 from export.versions import tool_versions
 from modelrepo import writer as repo_writer
-from modelrepo.entries import entry_config, entry_manifest, served_name
-from modelrepo.manifest import Manifest
+from modelrepo.entries import artifact_record, entry_config, entry_manifest, served_name
+from modelrepo.manifest import Artifact, Manifest
 from modelrepo.names import artifact_file
 from modelrepo.writer import RepositoryWriteError, RepositoryWriter, check_version_free
 from models import LoadedModel, get_model_entry, load_model
 
 EVAL_BATCH_SIZE = 32
 ONNX_FILE, PLAN_FILE = artifact_file("onnx"), artifact_file("tensorrt_plan")
+PROGRAM_FILE = artifact_file("torch_export")
 
 
 @dataclass
@@ -115,8 +120,11 @@ class _Run:
             yield advance
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - started
 
+    def version_dir(self, precision: str) -> Path:
+        return self.writer.version_dir(served_name(self.loaded.name, precision))
+
     def onnx_path(self, precision: str) -> Path:
-        return self.writer.version_dir(served_name(self.loaded.name, precision)) / ONNX_FILE
+        return self.version_dir(precision) / ONNX_FILE
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,24 @@ def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | No
         result = _check(run, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
     return result
+
+
+def _torch_program(run: _Run, precision: str, tolerance: Tolerance) -> Artifact:
+    """Write ``model.pt2`` of ``precision`` beside the ONNX model and check it against PyTorch."""
+    path = run.version_dir(precision) / PROGRAM_FILE
+    with run.stage(f"export torch.export {precision} program"):
+        extra = export_program(run.loaded.model, run.loaded.input_spec, path, precision=precision)
+    device = validation_device()
+    with run.stage(f"check {precision} torch program against PyTorch (torch on {device})"):
+        runner = ProgramRunner(path, device)
+        try:
+            outs = [runner(x) for x in run.reference.parity_inputs]
+            eval_out = runner.run(run.reference.eval.inputs, EVAL_BATCH_SIZE)
+        finally:
+            runner.close()
+        validation = _check(run, outs, eval_out, tolerance, f"{precision} torch program ({path.name})")
+    validation["runtime"] = f"torch {extra['torch']} on {device}"
+    return artifact_record(path.parent, "torch_export", precision, validation, extra)
 
 
 def _check_int8_drop(validation: dict[str, Any], max_drop: float | None) -> None:
@@ -281,8 +307,21 @@ def _export_precision(run: _Run, precision: _Precision) -> None:
     if precision.name == "int8":
         weights_trained = run.loaded.weights.get("source") != "random"
         _check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
+    programs, notes = [], []
+    if precision.tolerance is None:  # int8
+        notes.append(NO_INT8_PROGRAM)
+    elif run.options.torch:
+        programs.append(_torch_program(run, precision.name, precision.tolerance))
     plan = _plan(run, precision, onnx) if run.build_plans else None
-    _finish(run, precision.name, validation, plan=plan, quantization=conversion.quantization)
+    _finish(
+        run,
+        precision.name,
+        validation,
+        plan=plan,
+        quantization=conversion.quantization,
+        programs=programs,
+        notes=notes,
+    )
 
 
 def _export_fp32(run: _Run) -> None:
@@ -304,32 +343,44 @@ def _export_fp32(run: _Run) -> None:
         )
     validation = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
     validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
-    _finish(run, "fp32", validation)
+    programs = [_torch_program(run, "fp32", FP32_TOLERANCE)] if options.torch else []
+    _finish(run, "fp32", validation, programs=programs)
 
 
 def _finish(
-    run: _Run, precision: str, validation: dict, plan: dict | None = None, quantization: dict | None = None
+    run: _Run,
+    precision: str,
+    validation: dict,
+    plan: dict | None = None,
+    quantization: dict | None = None,
+    programs: list[Artifact] | None = None,
+    notes: list[str] | None = None,
 ) -> None:
+    """Write the entry's config and manifest: the plan (where built) or the ONNX model is the primary
+    artifact; the ONNX model beside a plan and the torch programs are its alternatives."""
     loaded = run.loaded
     name = served_name(loaded.name, precision)
-    fmt, fallback, gpu = "onnx", None, None
-    if plan is not None:  # the plan is the artifact; the ONNX model beside it is the fallback
-        validation = {**plan.pop("validation"), "runtime": "tensorrt", "fallback": validation}
-        fmt, fallback, gpu = "tensorrt_plan", "onnx", plan
+    version_dir = run.version_dir(precision)
+    fmt, gpu, alternatives = "onnx", None, list(programs or [])
+    if plan is not None:
+        onnx = artifact_record(version_dir, "onnx", precision, validation)
+        validation = {**plan.pop("validation"), "runtime": "tensorrt"}
+        fmt, gpu, alternatives = "tensorrt_plan", plan, [onnx, *alternatives]
     manifest = entry_manifest(
         name,
         source_model=loaded.name,
         precision=precision,
-        version_dir=run.writer.version_dir(name),
+        version_dir=version_dir,
         fmt=fmt,
         spec=loaded.input_spec,
         labels=loaded.labels,
         weights=loaded.weights,
         versions=tool_versions(),
         validation=validation,
-        fallback_fmt=fallback,
+        alternatives=alternatives,
         quantization=quantization,
         gpu=gpu,
+        notes=notes or (),
     )
     config = entry_config(
         name,
@@ -364,10 +415,10 @@ def _preflight(model: str, options: ExportOptions) -> None:
 
 
 def export_model(model: str, *, reporter: Reporter | None = None, **options: Any) -> ExportResult:
-    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32) and, on request, ``<model>_fp16`` and
-    ``<model>_int8``; returns the entries written. ``options`` are :class:`ExportOptions`' fields.
-    Raises :class:`export.errors.ExportError` (and the registry's ``UnknownModelError`` /
-    ``WeightsError``) with a one-line reason."""
+    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32, torch program FP32) and, on request,
+    ``<model>_fp16`` (ONNX and torch program) and ``<model>_int8`` (Q/DQ ONNX); returns the entries
+    written. ``options`` are :class:`ExportOptions`' fields. Raises :class:`export.errors.ExportError`
+    (and the registry's ``UnknownModelError`` / ``WeightsError``) with a one-line reason."""
     try:
         opts = ExportOptions(**options)
     except TypeError as e:

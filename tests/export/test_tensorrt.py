@@ -35,7 +35,8 @@ def test_auto_skips_plans_and_still_writes_onnx(no_tensorrt, tmp_path):
     result = export_model("lenet5", fp16=True, repo=tmp_path, eval_samples=4, tensorrt="auto")
     assert any("TensorRT plans skipped: TensorRT is not installed" in n for n in result.notes)
     manifest = Manifest.read(result["fp16"].version_dir)
-    assert manifest.format == "onnx" and manifest.fallback is None and manifest.gpu is None
+    assert manifest.format == "onnx" and manifest.gpu is None
+    assert [a.format for a in manifest.alternatives] == ["torch_export"]
     assert not (result["fp16"].version_dir / "model.plan").exists()
 
 
@@ -59,14 +60,17 @@ def test_plans_where_tensorrt_exists(tmp_path, request):
         manifest = Manifest.read(entry.version_dir)
         assert manifest.format == "tensorrt_plan" and manifest.artifact == "model.plan"
         assert manifest.sha256 == sha256_file(entry.version_dir / "model.plan")
-        assert manifest.fallback.file == "model.onnx"
-        assert manifest.fallback.sha256 == sha256_file(entry.version_dir / "model.onnx")
+        onnx = manifest.alternatives[0]
+        assert onnx.file == "model.onnx" and onnx.format == "onnx"
+        assert onnx.sha256 == sha256_file(entry.version_dir / "model.onnx")
+        assert onnx.validation["runtime"].startswith("onnxruntime")
+        programs = [a.file for a in manifest.alternatives[1:]]
+        assert programs == (["model.pt2"] if precision == "fp16" else [])
         assert manifest.gpu["compute_capability"] and manifest.gpu["tensorrt"] == status.version
         assert manifest.gpu["profile"] == {"min": 1, "opt": 8, "max": 16}
         assert manifest.versions["tensorrt"] == status.version
         v = manifest.validation
-        assert v["runtime"] == "tensorrt" and v["fallback"]["runtime"].startswith("onnxruntime")
+        assert v["runtime"] == "tensorrt"
         assert v["top1_agreement"] >= 0.97 and v["accuracy"] >= v["reference_accuracy"] - 0.01
         config = read_config(entry.model_dir)
         assert config.platform == "tensorrt_plan"
-        assert config.parameters["fallback_artifact"].string_value == "model.onnx"
