@@ -1,5 +1,9 @@
 """Building the versions of a model to serve: read the folder, pick the artifact, start and warm up its
-instances, decide how its batches run. Blocking: the manager runs it in a worker thread."""
+instances, decide how its batches run. Blocking: the manager runs it in a worker thread.
+
+What was picked, and why better artifacts were skipped, is logged, labels the version's metrics
+(``backend``: e.g. ``torch_cuda``) and is added to the served ModelConfig's ``parameters``
+(``served_artifact``, ``served_backend``, ``served_device``, ``skipped_artifacts``)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from modelrepo.reader import EntryError, ModelFolder, ModelIO, VersionEntry, read_model_folder, read_version
+from protos import model_config_pb2 as mc
 from service.backends import (
     ArtifactChoice,
     Backend,
@@ -74,25 +79,25 @@ def _build_version(
     choice = choose_artifact(manifest, entry.path, settings.device)
     data = read_artifact(name, version, choice)
     devices = instance_devices(config, choice.device)
+    spec = entry.io.input_spec
     backends: list[Backend] = []
     try:
         for device in devices:
             threads = cpus // max(1, devices.count("cpu"))
-            backends.append(create_backend(choice, config, device, data, threads))
-            backends[-1].spec = entry.io.input_spec
+            backends.append(create_backend(choice, config, device, data, threads, spec))
         row_seconds = warm_up(name, backends, entry.io)
-        inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
-        if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
+        # Inline batches run on the event loop: never where a batch waits for a GPU stream.
+        inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS and devices == ["cpu"]
+        if inline and choice.format == "onnx" and not configured_threads(config):
             # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
-            single = create_backend(choice, config, "cpu", data, threads=1)
-            single.spec = entry.io.input_spec
+            single = create_backend(choice, config, "cpu", data, 1, spec)
             backends.append(single)
             warm_up(name, [single], entry.io)
             backends.pop(0).close()
     except BaseException:
         close_backends(backends)
         raise
-    telemetry = metrics.telemetry(name, str(version), backends[0].kind, choice.precision)
+    telemetry = metrics.telemetry(name, str(version), backends[0].label, choice.precision)
     seconds = time.monotonic() - started
     log.info(
         "loaded %s version %d: %s x%d, %s, %s, in %.2fs (one row: %.2f ms)",
@@ -108,7 +113,7 @@ def _build_version(
     return ServedVersion(
         name=name,
         version=version,
-        config=config,
+        config=served_config(config, choice, backends[0]),
         manifest=manifest,
         choice=choice,
         backends=backends,
@@ -119,6 +124,21 @@ def _build_version(
         fingerprint=entry.fingerprint,
         inline=inline,
     )
+
+
+def served_config(config: mc.ModelConfig, choice: ArtifactChoice, backend: Backend) -> mc.ModelConfig:
+    """The config as served: config.pbtxt plus what was picked here and why better ones were not."""
+    served = mc.ModelConfig()
+    served.CopyFrom(config)
+    picked = {
+        "served_artifact": choice.path.name,
+        "served_backend": backend.label,
+        "served_device": backend.device,
+        "skipped_artifacts": choice.fallback_reason or "",
+    }
+    for key, value in picked.items():
+        served.parameters[key].string_value = value
+    return served
 
 
 def read_artifact(name: str, version: int, choice: ArtifactChoice) -> bytes:
