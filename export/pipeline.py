@@ -23,12 +23,12 @@ import numpy as np
 from export import calibration as cal
 from export.batching import default_batching
 from export.errors import ExportError, ValidationError, VersionExistsError
-from export.fp16 import convert_fp16
+from export.fp16 import convert_fp16, convert_qdq_fp16
 from export.int8 import quantize_int8
 from export.onnx_export import export_onnx
 from export.options import ExportOptions
 from export.progress import Reporter
-from export.tensorrt import PlanRunner, build_plan, resolve_mode
+from export.tensorrt import PlanRunner, build_plan, resolve_mode, strongly_typed
 from export.torch_program import NO_INT8_PROGRAM, ProgramRunner, export_program, validation_device
 from export.validate import (
     FP16_TOLERANCE,
@@ -262,10 +262,20 @@ def _int8(run: _Run, out: Path) -> _Conversion:
 
 
 def _int8_plan_source(run: _Run, onnx: Path) -> tuple[Path, dict[str, Any]]:
-    # TensorRT wants symmetric activations: a second, S8S8 Q/DQ model
+    """TensorRT wants symmetric activations: a second, S8S8 Q/DQ model. A strongly typed build takes
+    every layer's type from the model, so there its float parts become FP16 first (checked against
+    PyTorch on onnxruntime's CPU kernels like the served int8 model)."""
     symmetric = run.writer.staging / "int8_symmetric_qdq.onnx"
-    record = _quantize(run, symmetric, "calibrate symmetric int8 for TensorRT", "int8")
-    return symmetric, {"source_quantization": record}
+    record = {
+        "source_quantization": _quantize(run, symmetric, "calibrate symmetric int8 for TensorRT", "int8")
+    }
+    if not strongly_typed():
+        return symmetric, record
+    source = run.writer.staging / "int8_symmetric_qdq_fp16.onnx"
+    with run.stage("convert the symmetric int8 model's float layers to fp16"):
+        record["source_conversion"] = convert_qdq_fp16(symmetric, source)
+    record["source_validation"] = _check_onnx(run, "int8 (fp16 float layers)", source, None)
+    return source, record
 
 
 PRECISIONS = {
