@@ -126,7 +126,7 @@ def _torch(
         max_batch_size=config.max_batch_size,
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         cuda_graphs=_bool_parameter(config, "cuda_graphs", default=True),
-        channels_last=_bool_parameter(config, "channels_last", default=True),
+        channels_last=_bool_parameter(config, "channels_last", default=device.startswith("cuda")),
         input_shape=tuple(config.input[0].dims),
     )
 

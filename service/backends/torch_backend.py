@@ -81,7 +81,7 @@ class TorchBackend(Backend):
         max_batch_size: int = 1,
         preferred_batch_sizes: tuple[int, ...] = (),
         cuda_graphs: bool = True,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         pad_to_buckets: bool | None = None,
     ) -> None:
         try:
@@ -102,9 +102,7 @@ class TorchBackend(Backend):
             raise ModelLoadError(f"torch cannot load {path.name} onto {device}: {e}") from None
         floats = [p.dtype for p in module.parameters() if p.is_floating_point()]
         self.dtype = floats[0] if floats else torch.float32
-        self.channels_last = channels_last and self.cuda
-        if self.channels_last:
-            module.to(memory_format=torch.channels_last)
+        self.channels_last = self.cuda if channels_last is None else channels_last
         self.module = module
         self.buckets = batch_buckets(max_batch_size, preferred_batch_sizes)
         self.padded = (cuda_graphs and self.cuda) if pad_to_buckets is None else pad_to_buckets
@@ -132,11 +130,8 @@ class TorchBackend(Backend):
             from service.backends.torch_cuda import configure_cuda
 
             configure_cuda(torch, self.dtype)
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         with torch.no_grad(), self._on_stream():
-            self._x = torch.zeros((max_rows, *shape), dtype=self.dtype, device=self.device)
-            self._x = self._x.contiguous(memory_format=layout)
-            classes = int(self.module(self._x[:1]).shape[-1])
+            classes = self._set_layout(torch.zeros((max_rows, *shape), dtype=self.dtype, device=self.device))
             if self.spec is not None:
                 view = (1, -1, 1, 1)
                 self._mean = torch.tensor(self.spec.mean, dtype=torch.float32, device=self.device).view(view)
@@ -148,6 +143,22 @@ class TorchBackend(Backend):
             }
         if self._done is not None:
             self.stream.synchronize()
+
+    def _set_layout(self, x: Any) -> int:
+        """Weights and the input buffer ``x`` channels-last where asked and where the program takes it (a
+        view over a channels-last activation would fail); returns the number of classes."""
+        torch = self._torch
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+            self._x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                return int(self.module(self._x[:1]).shape[-1])
+            except RuntimeError as e:
+                log.info("channels-last layout off for this program: %s", str(e).splitlines()[0])
+                self.channels_last = False
+                self.module.to(memory_format=torch.contiguous_format)
+        self._x = x.contiguous()
+        return int(self.module(self._x[:1]).shape[-1])
 
     def _on_stream(self) -> contextlib.AbstractContextManager:
         return self._torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
@@ -219,8 +230,6 @@ class TorchBackend(Backend):
             release(self._torch, self.device)
 
     def describe(self) -> str:
-        if not self.cuda:
-            return f"torch on {self.device} ({str(self.dtype).removeprefix('torch.')})"
         graphs = f"CUDA graphs for batch {','.join(map(str, self.buckets))}" if self._graphs else "eager"
         layout = ", channels-last" if self.channels_last else ""
         return f"torch on {self.device} ({str(self.dtype).removeprefix('torch.')}{layout}, {graphs})"

@@ -4,6 +4,9 @@ themselves (streams, graphs, pinned memory, nvJPEG) are tested in test_gpu_backe
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -162,3 +165,38 @@ def test_programs_from_a_newer_torch_are_not_tried():
     assert program_unusable_reason("2.0.1") is None  # older writers load on newer torch
     reason = program_unusable_reason("99.1.0+cu130")
     assert "written by torch 99.1.0+cu130" in reason and torch.__version__ in reason
+
+
+def test_channels_last_where_the_program_takes_it(entries):
+    """The layout a GPU instance uses, on the CPU: same answers; a program that views its activations
+    as if contiguous falls back to the contiguous layout instead of failing."""
+    channels_last, plain = backend(entries["fp32"], channels_last=True), backend(entries["fp32"])
+    assert channels_last.channels_last and "channels-last" in channels_last.describe()
+    weight = dict(channels_last.module.named_parameters())["features.0.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    x = RNG.standard_normal((3, 1, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(channels_last.run(x), plain.run(x), rtol=1e-5, atol=1e-6)
+
+    class ViewsActivations(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4 * 30 * 30, 10)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.view(y.shape[0], -1))
+
+    example = torch.zeros(2, 1, 32, 32)
+    program = torch.export.export(
+        ViewsActivations().eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
+    )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    fallback = TorchBackend(
+        Path("model.pt2"), buffer.getvalue(), input_shape=(1, 32, 32), max_batch_size=4, channels_last=True
+    )
+    assert not fallback.channels_last
+    with torch.no_grad():
+        expected = program.module()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(fallback.run(x), expected, rtol=1e-5, atol=1e-6)
