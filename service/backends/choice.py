@@ -73,8 +73,11 @@ def _gpu_device_absent() -> str | None:
 
 
 @functools.cache
-def _torch_cuda() -> str | None:
-    absent = _gpu_device_absent()
+def _torch_cuda(device_setting: str) -> str | None:
+    """Why torch cannot run on a GPU here. Under ``--device cuda`` torch itself is asked (a fresh VM may
+    create its device nodes only when CUDA first starts); under ``auto`` a host without NVIDIA device
+    nodes is taken at its word."""
+    absent = _gpu_device_absent() if device_setting != "cuda" else None
     if absent is not None:
         return absent
     from service.backends.torch_backend import cuda_unavailable_reason
@@ -89,26 +92,28 @@ def _onnxruntime_cuda() -> str | None:
     return None if cuda_available() else "onnxruntime has no CUDA provider (install onnxruntime-gpu)"
 
 
-def _plan(manifest: Manifest, artifact: Artifact, device: str) -> str | None:
+def _plan(manifest: Manifest, artifact: Artifact, device: str, setting: str) -> str | None:
     from service.backends.tensorrt_backend import unusable_reason
 
     built = artifact.extra.get("tensorrt") or manifest.versions.get("tensorrt")
     return unusable_reason(built, artifact.extra.get("compute_capability"))
 
 
-def _program(manifest: Manifest, artifact: Artifact, device: str) -> str | None:
-    if device == CUDA and (reason := _torch_cuda()) is not None:
+def _program(manifest: Manifest, artifact: Artifact, device: str, setting: str) -> str | None:
+    if device == CUDA and (reason := _torch_cuda(setting)) is not None:
         return reason
     from service.backends.torch_backend import program_unusable_reason
 
     return program_unusable_reason(artifact.extra.get("torch") or manifest.versions.get("torch"))
 
 
-def _onnx(manifest: Manifest, artifact: Artifact, device: str) -> str | None:
+def _onnx(manifest: Manifest, artifact: Artifact, device: str, setting: str) -> str | None:
     return _onnxruntime_cuda() if device == CUDA else None
 
 
-PROBES: dict[str, Callable[[Manifest, Artifact, str], str | None]] = {
+# format -> why an artifact of that format cannot run on a device class ("cuda", "cpu") under the server's
+# --device setting (None: it can)
+PROBES: dict[str, Callable[[Manifest, Artifact, str, str], str | None]] = {
     "tensorrt_plan": _plan,
     "onnx": _onnx,
     "torch_export": _program,
@@ -140,7 +145,7 @@ def choose_artifact(manifest: Manifest, version_dir: Path, device_setting: str) 
         for artifact in artifacts:
             if artifact.format != fmt:
                 continue
-            reason = PROBES[fmt](manifest, artifact, device)
+            reason = PROBES[fmt](manifest, artifact, device, device_setting)
             if reason is not None:
                 skipped.append(_Skip(fmt, artifact.file, device, reason))
                 continue

@@ -48,8 +48,10 @@ def host(monkeypatch):
 
     def simulate(plan="TensorRT is not installed", onnxruntime_cuda=False, torch_cuda=False):
         monkeypatch.setattr(choice, "_onnxruntime_cuda", lambda: None if onnxruntime_cuda else NO_ORT_CUDA)
-        monkeypatch.setattr(choice, "_torch_cuda", lambda: None if torch_cuda else "torch sees no CUDA GPU")
-        monkeypatch.setitem(choice.PROBES, "tensorrt_plan", lambda manifest, artifact, device: plan)
+        monkeypatch.setattr(
+            choice, "_torch_cuda", lambda setting: None if torch_cuda else "torch sees no CUDA GPU"
+        )
+        monkeypatch.setitem(choice.PROBES, "tensorrt_plan", lambda manifest, artifact, device, setting: plan)
 
     return simulate
 
@@ -126,6 +128,20 @@ def test_device_cuda_fails_only_where_no_gpu_path_exists_with_every_reason(expor
         f"the server's device is cuda, but {NO_ORT_CUDA} (ONNX model.onnx); torch sees no CUDA GPU "
         "(torch.export program model.pt2)"
     )
+
+
+@pytest.mark.skipif(cuda_available(), reason="a CUDA GPU is present")
+def test_without_a_gpu_torch_is_asked_only_under_device_cuda(exported):
+    """auto: no NVIDIA device node is reason enough (torch is not imported for it); --device cuda asks
+    torch."""
+    if choice._gpu_device_absent() is None:
+        pytest.skip("this host has NVIDIA device nodes")
+    found = choice.choose_artifact(*exported["fp32"], "auto")
+    assert found.skipped[-1].endswith("model.pt2 on CUDA: no NVIDIA GPU device on this host")
+    with pytest.raises(
+        ModelLoadError, match=r"torch sees no CUDA GPU \(torch [^)]*\) \(torch.export program"
+    ):
+        choice.choose_artifact(*exported["fp32"], "cuda")
 
 
 def test_a_program_written_by_a_newer_torch_is_skipped(exported, host):
