@@ -22,7 +22,8 @@ import numpy as np
 
 from export import calibration as cal
 from export.batching import default_batching
-from export.errors import ExportError, ValidationError, VersionExistsError
+from export.checks import EVAL_BATCH_SIZE, Reference, check_int8_drop, check_outputs, eval_source
+from export.errors import ExportError, VersionExistsError
 from export.fp16 import convert_fp16, convert_qdq_fp16
 from export.int8 import quantize_int8
 from export.onnx_export import export_onnx
@@ -34,14 +35,10 @@ from export.validate import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
     Tolerance,
-    accuracy,
-    compare,
     ort_session,
     parity_batch_sizes,
     parity_inputs,
-    require,
     run_session,
-    top1_agreement,
     torch_logits,
 )
 from export.versions import tool_versions
@@ -52,7 +49,6 @@ from modelrepo.names import artifact_file
 from modelrepo.writer import RepositoryWriteError, RepositoryWriter, check_version_free
 from models import LoadedModel, get_model_entry, load_model
 
-EVAL_BATCH_SIZE = 32
 ONNX_FILE, PLAN_FILE = artifact_file("onnx"), artifact_file("tensorrt_plan")
 PROGRAM_FILE = artifact_file("torch_export")
 
@@ -89,16 +85,6 @@ class ExportResult:
 
 
 @dataclass
-class _Reference:
-    """PyTorch FP32 outputs every artifact is checked against."""
-
-    parity_inputs: list[np.ndarray]
-    parity_outputs: list[np.ndarray]
-    eval: cal.EvalInputs
-    eval_outputs: np.ndarray
-
-
-@dataclass
 class _Run:
     """State of one export: the options, the staged folders, the reference, timings."""
 
@@ -107,7 +93,7 @@ class _Run:
     writer: RepositoryWriter
     reporter: Reporter
     build_plans: bool
-    reference: _Reference | None = None
+    reference: Reference | None = None
     calib_inputs: np.ndarray | None = None
     calib_source: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -149,40 +135,12 @@ class _Precision:
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _eval_source(options: ExportOptions, weights: dict[str, Any]) -> str:
-    if options.eval_data != "auto":
-        return options.eval_data
-    trained = (weights.get("trained") or {}).get("dataset", {}).get("name", "")
-    if trained == cal.DIGITS:
-        return cal.DIGITS
-    if trained.startswith("folder:") and Path(trained.removeprefix("folder:")).is_dir():
-        return trained.removeprefix("folder:")
-    return options.calib if options.int8 else cal.RANDOM
-
-
-def _check(run: _Run, outputs: list[np.ndarray], eval_outputs: np.ndarray, tolerance, what: str) -> dict:
-    """Validation record of one runtime's outputs; raises past tolerance."""
-    ref = run.reference
-    parity = compare(outputs, ref.parity_outputs, tolerance)
-    require(parity, what)
-    if not np.all(np.isfinite(eval_outputs)):
-        raise ValidationError(f"{what} produced non-finite logits on {ref.eval.source}")
-    return {
-        "reference": "pytorch fp32",
-        "parity": parity.to_dict(),
-        "eval_data": ref.eval.describe(),
-        "top1_agreement": top1_agreement(eval_outputs, ref.eval_outputs),
-        "accuracy": accuracy(eval_outputs, ref.eval.labels),
-        "reference_accuracy": accuracy(ref.eval_outputs, ref.eval.labels),
-    }
-
-
 def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
     with run.stage(f"check {precision} ONNX against PyTorch (onnxruntime CPU)"):
         session = ort_session(path)
         outs = [run_session(session, x, len(x)) for x in run.reference.parity_inputs]
         eval_out = run_session(session, run.reference.eval.inputs, EVAL_BATCH_SIZE)
-        result = _check(run, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
+        result = check_outputs(run.reference, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
     return result
 
@@ -200,25 +158,11 @@ def _torch_program(run: _Run, precision: str, tolerance: Tolerance) -> Artifact:
             eval_out = runner.run(run.reference.eval.inputs, EVAL_BATCH_SIZE)
         finally:
             runner.close()
-        validation = _check(run, outs, eval_out, tolerance, f"{precision} torch program ({path.name})")
+        validation = check_outputs(
+            run.reference, outs, eval_out, tolerance, f"{precision} torch program ({path.name})"
+        )
     validation["runtime"] = f"torch {extra['torch']} on {device}"
     return artifact_record(path.parent, "torch_export", precision, validation, extra)
-
-
-def _check_int8_drop(validation: dict[str, Any], max_drop: float | None) -> None:
-    acc, ref = validation["accuracy"], validation["reference_accuracy"]
-    if acc is None or ref is None:
-        return
-    drop = round((ref - acc) * 100, 4)
-    validation["accuracy_drop_points"] = drop
-    validation["max_accuracy_drop_points"] = max_drop
-    if max_drop is not None and drop > max_drop:
-        raise ValidationError(
-            f"int8 accuracy {acc:.2%} is {drop:.2f} points below fp32's {ref:.2%} on "
-            f"{validation['eval_data']['source']} (allowed {max_drop:g}); try the percentile calibration "
-            "method, more calibration samples, or a larger {option}",
-            option="max_int8_drop",
-        )
 
 
 # -------------------------------------------------------------------------------------- precisions
@@ -302,8 +246,8 @@ def _plan(run: _Run, precision: _Precision, onnx: Path) -> dict[str, Any]:
         runner = PlanRunner(plan_path)
         outs = [runner(x) for x in run.reference.parity_inputs]
         eval_out = runner.run(run.reference.eval.inputs, min(EVAL_BATCH_SIZE, max_batch))
-        info["validation"] = _check(
-            run, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
+        info["validation"] = check_outputs(
+            run.reference, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
         )
     return {**info, **extra}
 
@@ -316,7 +260,7 @@ def _export_precision(run: _Run, precision: _Precision) -> None:
     validation = {**_check_onnx(run, precision.name, onnx, precision.tolerance), **conversion.validation}
     if precision.name == "int8":
         weights_trained = run.loaded.weights.get("source") != "random"
-        _check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
+        check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
     programs, notes = [], []
     if precision.tolerance is None:  # int8
         notes.append(NO_INT8_PROGRAM)
@@ -341,11 +285,11 @@ def _export_fp32(run: _Run) -> None:
     path = run.onnx_path("fp32")
     with run.stage(f"export ONNX fp32 (opset {options.opset}, dynamic batch)"):
         exported = export_onnx(loaded.model, spec, path, opset=options.opset, seed=options.seed)
-    source = _eval_source(options, loaded.weights)
+    source = eval_source(options, loaded.weights)
     with run.stage(f"PyTorch reference on {source}"):
         xs = parity_inputs(spec.shape, parity_batch_sizes(options.max_batch_size), options.seed)
         ev = cal.evaluation_inputs(source, spec, loaded.labels, options.eval_samples)
-        run.reference = _Reference(
+        run.reference = Reference(
             xs,
             [torch_logits(loaded.model, x, len(x)) for x in xs],
             ev,
