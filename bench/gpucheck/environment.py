@@ -11,12 +11,27 @@ import platform
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
+
+PROTOS = Path(__file__).resolve().parents[2] / "protos"
+
+
+def generated_floors() -> dict[str, str]:
+    """The grpcio and protobuf versions the checked-in stubs were generated for, read from their text
+    (importing them under an older runtime raises)."""
+    grpc_stub = (PROTOS / "grpc_service_pb2_grpc.py").read_text()
+    messages = (PROTOS / "grpc_service_pb2.py").read_text()
+    return {
+        "grpcio": re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", grpc_stub).group(1),
+        "protobuf": re.search(r"# Protobuf Python Version: ([\d.]+)", messages).group(1),
+    }
+
 
 # distribution -> (import name, floor, why the check needs it)
 REQUIRED = {
     "numpy": ("numpy", "1.26", "everything"),
-    "grpcio": ("grpc", "1.75.1", "the server and the load tester (the stubs are grpcio-tools 1.75.1 output)"),
-    "protobuf": ("google.protobuf", "6.31.1", "the generated messages (gencode 6.31.1)"),
+    "grpcio": ("grpc", generated_floors()["grpcio"], "the server and the load tester's generated stubs"),
+    "protobuf": ("google.protobuf", generated_floors()["protobuf"], "the generated messages"),
     "pillow": ("PIL", "10.0", "image decoding"),
     "prometheus-client": ("prometheus_client", "0.20", "the server's metrics"),
     "onnxruntime": ("onnxruntime", "1.18", "export validation, the CPU backends"),

@@ -131,3 +131,15 @@ def test_server_arguments_turn_http_off_where_the_server_has_it():
     args = served.server_args("cuda", ["m"])
     assert args[:4] == ["--device", "cuda", "--load-model", "m"]
     assert ("--http-port" in args) == ("http_port" in Settings.__dataclass_fields__)
+
+
+def test_dependency_floors_match_the_generated_stubs():
+    """pyproject's grpcio and protobuf floors are the versions the checked-in stubs were generated for,
+    and the check asks for the same."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    floors = environment.generated_floors()
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"grpcio>={floors['grpcio']}" in dependencies
+    assert any(d.startswith(f"protobuf>={floors['protobuf']}") for d in dependencies)
+    assert environment.REQUIRED["grpcio"][1] == floors["grpcio"] == "1.75.1"
+    assert environment.REQUIRED["protobuf"][1] == floors["protobuf"] == "6.31.1"
