@@ -1,7 +1,9 @@
 """Benchmarks behind every figure in BENCHMARKS.md: ``python -m bench [--section NAME ...]``.
 
 A benchmark is a *section*: a function ``run(ctx: BenchContext) -> SectionResult`` registered under a
-name with ``@register_section(name, description)`` in a module listed in ``SECTION_MODULES``. The runner
+name with ``@register_section(name, description)`` in the module ``SECTION_MODULES`` names for it. Only
+the modules of the sections asked for are imported (the gpu section's machine has no Starlette or
+uvicorn, which the client sections' do-nothing server needs). The runner
 writes each section's figures to ``<out>/<name>.json`` (default ``docs/bench/``), prints its table, and
 the section itself saves its plots under ``ctx.out_dir`` (returned in ``SectionResult.plots``) for the
 README to embed.
@@ -23,16 +25,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-SECTION_MODULES = (
-    "bench.client",
-    "bench.export",
-    "bench.serve",
-    "bench.gpu",
-    "bench.peers",
-    "bench.delay",
-    "bench.inputs",
-    "bench.protocols",
-)
+# section name -> the module that registers it, in the order `python -m bench` runs them
+SECTION_MODULES = {
+    "client": "bench.client",
+    "client-api": "bench.client",
+    "export": "bench.export",
+    "serve-compute": "bench.serve",
+    "batching": "bench.serve",
+    "peers": "bench.peers",
+    "delay": "bench.delay",
+    "inputs": "bench.inputs",
+    "protocols": "bench.protocols",
+    "gpu": "bench.gpu",
+}
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,15 @@ def register_section(name: str, description: str) -> Callable[[SectionRunner], S
     return register
 
 
-def load_sections() -> dict[str, Section]:
-    """Import the section modules (which register themselves) and return the sections by name."""
-    for module in SECTION_MODULES:
-        importlib.import_module(module)
-    return dict(_SECTIONS)
+def load_sections(names: list[str] | None = None) -> dict[str, Section]:
+    """Import the modules of the sections ``names`` (all: None), which register themselves, and return
+    those sections by name, in ``SECTION_MODULES`` order."""
+    wanted = list(SECTION_MODULES) if names is None else [n for n in SECTION_MODULES if n in names]
+    unknown = sorted(set(names or ()) - set(SECTION_MODULES))
+    if unknown:
+        raise ValueError(f"unknown benchmark section(s) {unknown}; known: {list(SECTION_MODULES)}")
+    for name in wanted:
+        importlib.import_module(SECTION_MODULES[name])
+        if name not in _SECTIONS:
+            raise RuntimeError(f"{SECTION_MODULES[name]} did not register section {name!r}")
+    return {name: _SECTIONS[name] for name in wanted}

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import BenchContext, load_sections
+from bench import SECTION_MODULES, BenchContext, load_sections
 
 
 def cpu_name() -> str:
@@ -64,9 +64,10 @@ def _finite(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    sections = load_sections()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--section", action="append", choices=list(sections), help="default: all, in order")
+    parser.add_argument(
+        "--section", action="append", choices=list(SECTION_MODULES), help="default: all, in order"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/bench"), help="folder for JSON and PNG files")
     parser.add_argument("--quick", action="store_true", help="short smoke run; figures not for publishing")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
@@ -74,17 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     if args.list:
-        for section in sections.values():
-            console.print(f"{section.name}: {section.description}", highlight=False)
+        for name in SECTION_MODULES:
+            try:
+                description = load_sections([name])[name].description
+            except ImportError as e:  # a section whose dependencies this machine lacks
+                description = f"(cannot import {SECTION_MODULES[name]}: {e})"
+            console.print(f"{name}: {description}", highlight=False)
         return 0
+    sections = load_sections(args.section)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="loadtest-bench-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         context = BenchContext(out_dir=args.out, quick=args.quick, console=console, work_dir=work)
-        for name in args.section or list(sections):
-            run_section(sections[name], context, command.strip(), args.quick)
+        for section in sections.values():
+            run_section(section, context, command.strip(), args.quick)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``python -m export MODEL [options]``: write checked ONNX / TensorRT entries into a model repository."""
+"""``python -m export MODEL [options]``: write checked ONNX / torch.export / TensorRT entries into a model
+repository."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from models import UnknownModelError, WeightsError, list_models
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
-        description="Export a CNN of the family to ONNX fp32 (+ fp16, int8, TensorRT plans), check every "
-        "artifact against PyTorch, and write Triton-layout entries <model>, <model>_fp16, <model>_int8.",
+        description="Export a CNN of the family to ONNX fp32 (+ fp16, int8), torch.export programs (fp32, "
+        "fp16) and TensorRT plans where TensorRT and a GPU exist, check every artifact against PyTorch, and "
+        "write Triton-layout entries <model>, <model>_fp16, <model>_int8.",
     )
     p.add_argument("model", help=f"one of: {', '.join(list_models())}")
     p.add_argument("--weights", default="random", help="random (seeded), imagenet, or a checkpoint path")
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=TENSORRT_MODES,
         help="TensorRT plans for fp16/int8: auto (where TensorRT and a GPU exist), on, off",
+    )
+    p.add_argument(
+        "--no-torch",
+        dest="torch",
+        action="store_false",
+        help="no torch.export programs (model.pt2: the GPU path that needs only CUDA torch)",
     )
     p.add_argument(
         "--max-int8-drop",
@@ -95,23 +103,22 @@ def summary_table(result: ExportResult) -> Table:
     ):
         table.add_column(col, justify="left" if col in ("served model", "artifact") else "right")
     for e in result.entries:
-        v = e.manifest.validation
-        parity = v["parity"]
-        files = [e.artifact] + ([e.version_dir / e.manifest.fallback.file] if e.manifest.fallback else [])
-        size = sum(f.stat().st_size for f in files) / 2**20
-        acc = _fmt(v.get("accuracy"), ".1%")
-        if v.get("accuracy_drop_points") is not None:
-            acc += f" ({0.0 - v['accuracy_drop_points']:+.1f})"  # 0.0 - x: no "-0.0"
-        table.add_row(
-            e.name,
-            " + ".join(f.name for f in files),
-            f"{size:.1f}",
-            f"{parity['max_abs_error']:.1e}",
-            f"{parity['max_rel_error']:.1e}",
-            _fmt(v.get("top1_agreement"), ".1%"),
-            acc,
-            f"{e.seconds:.1f}",
-        )
+        for i, artifact in enumerate(e.manifest.artifacts):  # one row per artifact, the primary first
+            v = artifact.validation
+            parity = v.get("parity") or {}
+            acc = _fmt(v.get("accuracy"), ".1%")
+            if v.get("accuracy_drop_points") is not None:
+                acc += f" ({0.0 - v['accuracy_drop_points']:+.1f})"  # 0.0 - x: no "-0.0"
+            table.add_row(
+                e.name if i == 0 else "",
+                artifact.file,
+                f"{(e.version_dir / artifact.file).stat().st_size / 2**20:.1f}",
+                _fmt(parity.get("max_abs_error"), ".1e"),
+                _fmt(parity.get("max_rel_error"), ".1e"),
+                _fmt(v.get("top1_agreement"), ".1%"),
+                acc,
+                f"{e.seconds:.1f}" if i == 0 else "",
+            )
     return table
 
 
@@ -135,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opset=args.opset,
             force=args.force,
             tensorrt=args.tensorrt,
+            torch=args.torch,
             max_int8_drop=args.max_int8_drop,
             seed=args.seed,
             latency_budget_ms=args.latency_budget_ms,
@@ -155,4 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(summary_table(result))
     for note in result.notes if args.quiet else ():
         print(note)
+    for e in result.entries:
+        for note in e.manifest.notes:
+            print(f"{e.name}: {note}")
     return 0

@@ -35,6 +35,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     force: bool = False  # replace an existing version
     tensorrt: str = "auto"
+    torch: bool = True  # also write torch.export programs (fp32, fp16) for the torch backend
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP
     seed: int = 0
     latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS  # the batching fitted to the measured latencies

@@ -1,9 +1,12 @@
-"""``export_model``: one family member -> checked ONNX FP32 / FP16 / INT8 (+ TensorRT plans) entries.
+"""``export_model``: one family member -> checked entries: ONNX FP32 / FP16 / INT8, torch.export programs
+(FP32, FP16), TensorRT plans where TensorRT and a GPU exist.
 
 Every artifact is compared with the PyTorch FP32 model on the same inputs: random batches of several
 sizes (parity) and an evaluation set (top-1 agreement and, where labels exist, accuracy). Nothing is
 written to the repository unless every check passes. Each precision is one stage: convert from the
-FP32 ONNX model, check, optionally build a TensorRT plan, write the entry.
+FP32 ONNX model, check, write the torch program and check it, optionally build a TensorRT plan, write
+the entry. The primary artifact (what config.pbtxt names) is the plan where one was built, else the ONNX
+model; the others are the manifest's alternatives.
 """
 
 from __future__ import annotations
@@ -18,39 +21,37 @@ from typing import Any
 import numpy as np
 
 from export import calibration as cal
-from export.errors import ExportError, ValidationError, VersionExistsError
-from export.fp16 import convert_fp16
+from export.checks import EVAL_BATCH_SIZE, Reference, check_int8_drop, check_outputs, eval_source
+from export.errors import ExportError, VersionExistsError
+from export.fp16 import convert_fp16, convert_qdq_fp16
 from export.int8 import quantize_int8
 from export.onnx_export import export_onnx
 from export.options import ExportOptions
 from export.progress import Reporter
-from export.tensorrt import PlanRunner, build_plan, resolve_mode
+from export.tensorrt import PlanRunner, build_plan, resolve_mode, strongly_typed
+from export.torch_program import NO_INT8_PROGRAM, ProgramRunner, export_program, validation_device
 from export.validate import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
     Tolerance,
-    accuracy,
-    compare,
     cpu_count,
     ort_session,
     parity_batch_sizes,
     parity_inputs,
-    require,
     run_session,
-    top1_agreement,
     torch_logits,
 )
 from export.versions import tool_versions
 from modelrepo import writer as repo_writer
 from modelrepo.batching import Fit, fit, measure_curve
-from modelrepo.entries import entry_config, entry_manifest, served_name
-from modelrepo.manifest import Manifest
+from modelrepo.entries import artifact_record, entry_config, entry_manifest, served_name
+from modelrepo.manifest import Artifact, Manifest
 from modelrepo.names import artifact_file
 from modelrepo.writer import RepositoryWriteError, RepositoryWriter, check_version_free
 from models import LoadedModel, get_model_entry, load_model
 
-EVAL_BATCH_SIZE = 32
 ONNX_FILE, PLAN_FILE = artifact_file("onnx"), artifact_file("tensorrt_plan")
+PROGRAM_FILE = artifact_file("torch_export")
 
 
 @dataclass
@@ -85,16 +86,6 @@ class ExportResult:
 
 
 @dataclass
-class _Reference:
-    """PyTorch FP32 outputs every artifact is checked against."""
-
-    parity_inputs: list[np.ndarray]
-    parity_outputs: list[np.ndarray]
-    eval: cal.EvalInputs
-    eval_outputs: np.ndarray
-
-
-@dataclass
 class _Run:
     """State of one export: the options, the staged folders, the reference, timings."""
 
@@ -103,7 +94,7 @@ class _Run:
     writer: RepositoryWriter
     reporter: Reporter
     build_plans: bool
-    reference: _Reference | None = None
+    reference: Reference | None = None
     calib_inputs: np.ndarray | None = None
     calib_source: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -116,8 +107,11 @@ class _Run:
             yield advance
         self.seconds[self.current] = self.seconds.get(self.current, 0.0) + time.perf_counter() - started
 
+    def version_dir(self, precision: str) -> Path:
+        return self.writer.version_dir(served_name(self.loaded.name, precision))
+
     def onnx_path(self, precision: str) -> Path:
-        return self.writer.version_dir(served_name(self.loaded.name, precision)) / ONNX_FILE
+        return self.version_dir(precision) / ONNX_FILE
 
 
 @dataclass(frozen=True)
@@ -142,58 +136,34 @@ class _Precision:
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _eval_source(options: ExportOptions, weights: dict[str, Any]) -> str:
-    if options.eval_data != "auto":
-        return options.eval_data
-    trained = (weights.get("trained") or {}).get("dataset", {}).get("name", "")
-    if trained == cal.DIGITS:
-        return cal.DIGITS
-    if trained.startswith("folder:") and Path(trained.removeprefix("folder:")).is_dir():
-        return trained.removeprefix("folder:")
-    return options.calib if options.int8 else cal.RANDOM
-
-
-def _check(run: _Run, outputs: list[np.ndarray], eval_outputs: np.ndarray, tolerance, what: str) -> dict:
-    """Validation record of one runtime's outputs; raises past tolerance."""
-    ref = run.reference
-    parity = compare(outputs, ref.parity_outputs, tolerance)
-    require(parity, what)
-    if not np.all(np.isfinite(eval_outputs)):
-        raise ValidationError(f"{what} produced non-finite logits on {ref.eval.source}")
-    return {
-        "reference": "pytorch fp32",
-        "parity": parity.to_dict(),
-        "eval_data": ref.eval.describe(),
-        "top1_agreement": top1_agreement(eval_outputs, ref.eval_outputs),
-        "accuracy": accuracy(eval_outputs, ref.eval.labels),
-        "reference_accuracy": accuracy(ref.eval_outputs, ref.eval.labels),
-    }
-
-
 def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
     with run.stage(f"check {precision} ONNX against PyTorch (onnxruntime CPU)"):
         session = ort_session(path)
         outs = [run_session(session, x, len(x)) for x in run.reference.parity_inputs]
         eval_out = run_session(session, run.reference.eval.inputs, EVAL_BATCH_SIZE)
-        result = _check(run, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
+        result = check_outputs(run.reference, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
     return result
 
 
-def _check_int8_drop(validation: dict[str, Any], max_drop: float | None) -> None:
-    acc, ref = validation["accuracy"], validation["reference_accuracy"]
-    if acc is None or ref is None:
-        return
-    drop = round((ref - acc) * 100, 4)
-    validation["accuracy_drop_points"] = drop
-    validation["max_accuracy_drop_points"] = max_drop
-    if max_drop is not None and drop > max_drop:
-        raise ValidationError(
-            f"int8 accuracy {acc:.2%} is {drop:.2f} points below fp32's {ref:.2%} on "
-            f"{validation['eval_data']['source']} (allowed {max_drop:g}); try the percentile calibration "
-            "method, more calibration samples, or a larger {option}",
-            option="max_int8_drop",
+def _torch_program(run: _Run, precision: str, tolerance: Tolerance) -> Artifact:
+    """Write ``model.pt2`` of ``precision`` beside the ONNX model and check it against PyTorch."""
+    path = run.version_dir(precision) / PROGRAM_FILE
+    with run.stage(f"export torch.export {precision} program"):
+        extra = export_program(run.loaded.model, run.loaded.input_spec, path, precision=precision)
+    device = validation_device()
+    with run.stage(f"check {precision} torch program against PyTorch (torch on {device})"):
+        runner = ProgramRunner(path, device)
+        try:
+            outs = [runner(x) for x in run.reference.parity_inputs]
+            eval_out = runner.run(run.reference.eval.inputs, EVAL_BATCH_SIZE)
+        finally:
+            runner.close()
+        validation = check_outputs(
+            run.reference, outs, eval_out, tolerance, f"{precision} torch program ({path.name})"
         )
+    validation["runtime"] = f"torch {extra['torch']} on {device}"
+    return artifact_record(path.parent, "torch_export", precision, validation, extra)
 
 
 # -------------------------------------------------------------------------------------- precisions
@@ -237,10 +207,20 @@ def _int8(run: _Run, out: Path) -> _Conversion:
 
 
 def _int8_plan_source(run: _Run, onnx: Path) -> tuple[Path, dict[str, Any]]:
-    # TensorRT wants symmetric activations: a second, S8S8 Q/DQ model
+    """TensorRT wants symmetric activations: a second, S8S8 Q/DQ model. A strongly typed build takes
+    every layer's type from the model, so there its float parts become FP16 first (checked against
+    PyTorch on onnxruntime's CPU kernels like the served int8 model)."""
     symmetric = run.writer.staging / "int8_symmetric_qdq.onnx"
-    record = _quantize(run, symmetric, "calibrate symmetric int8 for TensorRT", "int8")
-    return symmetric, {"source_quantization": record}
+    record = {
+        "source_quantization": _quantize(run, symmetric, "calibrate symmetric int8 for TensorRT", "int8")
+    }
+    if not strongly_typed():
+        return symmetric, record
+    source = run.writer.staging / "int8_symmetric_qdq_fp16.onnx"
+    with run.stage("convert the symmetric int8 model's float layers to fp16"):
+        record["source_conversion"] = convert_qdq_fp16(symmetric, source)
+    record["source_validation"] = _check_onnx(run, "int8 (fp16 float layers)", source, None)
+    return source, record
 
 
 PRECISIONS = {
@@ -267,8 +247,8 @@ def _plan(run: _Run, precision: _Precision, onnx: Path) -> dict[str, Any]:
         runner = PlanRunner(plan_path)
         outs = [runner(x) for x in run.reference.parity_inputs]
         eval_out = runner.run(run.reference.eval.inputs, min(EVAL_BATCH_SIZE, max_batch))
-        info["validation"] = _check(
-            run, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
+        info["validation"] = check_outputs(
+            run.reference, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
         )
     return {**info, **extra}
 
@@ -281,9 +261,22 @@ def _export_precision(run: _Run, precision: _Precision) -> None:
     validation = {**_check_onnx(run, precision.name, onnx, precision.tolerance), **conversion.validation}
     if precision.name == "int8":
         weights_trained = run.loaded.weights.get("source") != "random"
-        _check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
+        check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
+    programs, notes = [], []
+    if precision.tolerance is None:  # int8
+        notes.append(NO_INT8_PROGRAM)
+    elif run.options.torch:
+        programs.append(_torch_program(run, precision.name, precision.tolerance))
     plan = _plan(run, precision, onnx) if run.build_plans else None
-    _finish(run, precision.name, validation, plan=plan, quantization=conversion.quantization)
+    _finish(
+        run,
+        precision.name,
+        validation,
+        plan=plan,
+        quantization=conversion.quantization,
+        programs=programs,
+        notes=notes,
+    )
 
 
 def _export_fp32(run: _Run) -> None:
@@ -293,11 +286,11 @@ def _export_fp32(run: _Run) -> None:
     path = run.onnx_path("fp32")
     with run.stage(f"export ONNX fp32 (opset {options.opset}, dynamic batch)"):
         exported = export_onnx(loaded.model, spec, path, opset=options.opset, seed=options.seed)
-    source = _eval_source(options, loaded.weights)
+    source = eval_source(options, loaded.weights)
     with run.stage(f"PyTorch reference on {source}"):
         xs = parity_inputs(spec.shape, parity_batch_sizes(options.max_batch_size), options.seed)
         ev = cal.evaluation_inputs(source, spec, loaded.labels, options.eval_samples)
-        run.reference = _Reference(
+        run.reference = Reference(
             xs,
             [torch_logits(loaded.model, x, len(x)) for x in xs],
             ev,
@@ -305,7 +298,8 @@ def _export_fp32(run: _Run) -> None:
         )
     validation = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
     validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
-    _finish(run, "fp32", validation)
+    programs = [_torch_program(run, "fp32", FP32_TOLERANCE)] if options.torch else []
+    _finish(run, "fp32", validation, programs=programs)
 
 
 def _fit_batching(run: _Run, precision: str, plan: dict | None) -> Fit:
@@ -329,30 +323,41 @@ def _fit_batching(run: _Run, precision: str, plan: dict | None) -> Fit:
 
 
 def _finish(
-    run: _Run, precision: str, validation: dict, plan: dict | None = None, quantization: dict | None = None
+    run: _Run,
+    precision: str,
+    validation: dict,
+    plan: dict | None = None,
+    quantization: dict | None = None,
+    programs: list[Artifact] | None = None,
+    notes: list[str] | None = None,
 ) -> None:
+    """Write the entry's config and manifest: the plan (where built) or the ONNX model is the primary
+    artifact; the ONNX model beside a plan and the torch programs are its alternatives."""
     loaded = run.loaded
     name = served_name(loaded.name, precision)
     fitted = _fit_batching(run, precision, plan)
-    fmt, fallback, gpu = "onnx", None, None
-    if plan is not None:  # the plan is the artifact; the ONNX model beside it is the fallback
-        validation = {**plan.pop("validation"), "runtime": "tensorrt", "fallback": validation}
-        fmt, fallback, gpu = "tensorrt_plan", "onnx", plan
+    version_dir = run.version_dir(precision)
+    fmt, gpu, alternatives = "onnx", None, list(programs or [])
+    if plan is not None:
+        onnx = artifact_record(version_dir, "onnx", precision, validation)
+        validation = {**plan.pop("validation"), "runtime": "tensorrt"}
+        fmt, gpu, alternatives = "tensorrt_plan", plan, [onnx, *alternatives]
     manifest = entry_manifest(
         name,
         source_model=loaded.name,
         precision=precision,
-        version_dir=run.writer.version_dir(name),
+        version_dir=version_dir,
         fmt=fmt,
         spec=loaded.input_spec,
         labels=loaded.labels,
         weights=loaded.weights,
         versions=tool_versions(),
         validation=validation,
-        fallback_fmt=fallback,
+        alternatives=alternatives,
         quantization=quantization,
         gpu=gpu,
         batching=fitted.record(),
+        notes=notes or (),
     )
     config = entry_config(
         name,
@@ -387,10 +392,10 @@ def _preflight(model: str, options: ExportOptions) -> None:
 
 
 def export_model(model: str, *, reporter: Reporter | None = None, **options: Any) -> ExportResult:
-    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32) and, on request, ``<model>_fp16`` and
-    ``<model>_int8``; returns the entries written. ``options`` are :class:`ExportOptions`' fields.
-    Raises :class:`export.errors.ExportError` (and the registry's ``UnknownModelError`` /
-    ``WeightsError``) with a one-line reason."""
+    """Export ``model`` into ``repo`` as ``<model>`` (ONNX FP32, torch program FP32) and, on request,
+    ``<model>_fp16`` (ONNX and torch program) and ``<model>_int8`` (Q/DQ ONNX); returns the entries
+    written. ``options`` are :class:`ExportOptions`' fields. Raises :class:`export.errors.ExportError`
+    (and the registry's ``UnknownModelError`` / ``WeightsError``) with a one-line reason."""
     try:
         opts = ExportOptions(**options)
     except TypeError as e:

@@ -2,8 +2,10 @@
 
 All imports are lazy: this machine may have neither. TensorRT 10 builds a weakly typed network with
 ``BuilderFlag.FP16`` (and ``INT8`` for Q/DQ models, explicit quantization: the scales come from the Q/DQ
-nodes, no calibrator). TensorRT 11 removed those flags; there the network is strongly typed and the
-precision comes from the ONNX model itself (the FP16 or the Q/DQ model).
+nodes, no calibrator). TensorRT 11 removed those flags and the INT8 calibrators; there the network is
+strongly typed and every tensor's type comes from the ONNX model itself: the FP16 model for FP16 plans,
+and for INT8 the symmetric Q/DQ model with its float parts in FP16 (:func:`export.fp16.convert_qdq_fp16`),
+so that the layers left unquantized run in FP16, not FP32.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def resolve_mode(mode: str, wants_plans: bool) -> TensorRTStatus | None:
             f"{{option}} on, but TensorRT plans cannot be built here: {status.reason}", option="tensorrt"
         )
     return status
+
+
+def strongly_typed() -> bool:
+    """Whether this TensorRT builds strongly typed networks only (TensorRT 11: no precision flags)."""
+    import tensorrt as trt
+
+    return not hasattr(trt.BuilderFlag, "FP16")
 
 
 def gpu_info() -> dict:

@@ -1,7 +1,8 @@
-"""One served entry of the repository: its config.pbtxt and the manifest beside its artifact.
+"""One served entry of the repository: its config.pbtxt and the manifest beside its artifacts.
 
 ``python -m export`` builds its entries here, and so do the test harness and the benchmarks, so that
-every entry a server reads was written the one way.
+every entry a server reads was written the one way. config.pbtxt names the primary artifact's platform
+(what Triton serves); the manifest lists the others as alternatives the server may run instead.
 """
 
 from __future__ import annotations
@@ -46,10 +47,8 @@ def entry_config(
     instance_count: int = 1,
     parameters: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
-    """config.pbtxt of an entry whose artifact has format ``fmt``."""
+    """config.pbtxt of an entry whose primary artifact has format ``fmt``."""
     params = {"precision": precision, "source_model": source_model, **(parameters or {})}
-    if fmt == "tensorrt_plan":
-        params["fallback_artifact"] = artifact_file("onnx")
     config = make_config(
         name,
         platform=platform_of(fmt),
@@ -70,6 +69,18 @@ def entry_config(
     return config
 
 
+def artifact_record(
+    version_dir: Path,
+    fmt: str,
+    precision: str,
+    validation: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Artifact:
+    """The manifest's record of an artifact already written to ``version_dir`` (its sha256 from the file)."""
+    file = artifact_file(fmt)
+    return Artifact(file, fmt, sha256_file(version_dir / file), precision, validation or {}, extra or {})
+
+
 def entry_manifest(
     name: str,
     *,
@@ -83,17 +94,18 @@ def entry_manifest(
     versions: dict[str, str | None],
     validation: dict[str, Any] | None = None,
     fallback_fmt: str | None = None,
+    alternatives: Sequence[Artifact] = (),
     quantization: dict[str, Any] | None = None,
     gpu: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> Manifest:
-    """The manifest of ``version_dir``, whose artifact (format ``fmt``, and the ``fallback_fmt`` artifact
-    beside it, if any) is already written: their sha256 are taken from the files."""
+    """The manifest of ``version_dir``, whose primary artifact (format ``fmt``) is already written, beside
+    the ``alternatives`` (or one artifact of format ``fallback_fmt``): sha256 are taken from the files."""
     artifact = artifact_file(fmt)
-    fallback = None
+    others = list(alternatives)
     if fallback_fmt is not None:
-        file = artifact_file(fallback_fmt)
-        fallback = Artifact(file, fallback_fmt, sha256_file(version_dir / file), precision)
+        others.insert(0, artifact_record(version_dir, fallback_fmt, precision))
     return Manifest(
         model=name,
         source_model=source_model,
@@ -108,8 +120,9 @@ def entry_manifest(
         weights=weights,
         versions=versions,
         validation=validation or {},
-        fallback=fallback,
+        alternatives=others,
         quantization=quantization,
         gpu=gpu,
         batching=batching,
+        notes=list(notes),
     )

@@ -1,6 +1,14 @@
-"""``manifest.json``: the provenance and validation record beside every artifact.
+"""``manifest.json``: the provenance and validation record beside the artifacts of a version.
 
-Required keys are checked on read so the server can refuse a broken entry with a clear reason.
+Schema 2 (written since the GPU path): a version folder holds several artifacts of one model and
+precision. The *primary* artifact, the one config.pbtxt's platform names and Triton serves, stays where
+schema 1 put it (``artifact``, ``format``, ``sha256``, ``validation``, ``gpu``), so readers of schema 1 (an
+older server during a rolling upgrade, tools) still serve it. ``alternatives`` lists the others (a
+``model.onnx`` beside a plan, a ``model.pt2`` beside either), each with its own sha256, precision and
+validation; the server runs whichever of them runs best on its host. ``notes`` says why an artifact one
+might expect is absent. Schema 1's ``fallback`` (one artifact beside a plan) is read as the one
+alternative. Required keys and types are checked on read so the server refuses a broken entry with a
+clear reason.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from typing import Any
 from modelrepo.names import FORMATS, MANIFEST_NAME, PRECISIONS
 from modelrepo.preprocess import InputSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 class ManifestError(ValueError):
@@ -52,20 +61,36 @@ def _check_types(obj: Any, types: dict[str, tuple[type, ...]]) -> None:
 
 @dataclass
 class Artifact:
+    """One file of a version folder the server can run."""
+
     file: str  # name inside the version folder
     format: str  # a key of FORMATS
     sha256: str
-    precision: str
+    precision: str  # of its weights and activations (a key of PRECISIONS)
+    validation: dict[str, Any] = field(default_factory=dict)  # its check against PyTorch
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version, compute capability
 
     def __post_init__(self) -> None:
-        _check_types(
-            self, {"file": (str,), "format": (str,), "sha256": (str,), "precision": (str,), "extra": (dict,)}
-        )
-        check_file_name("fallback file", self.file)
-        check_sha256("fallback sha256", self.sha256)
+        types = {"file": (str,), "format": (str,), "sha256": (str,), "precision": (str,)}
+        _check_types(self, {**types, "validation": (dict,), "extra": (dict,)})
+        check_file_name("file", self.file)
+        check_sha256("sha256", self.sha256)
         if self.format not in FORMATS:
-            raise ManifestError(f"fallback format must be one of {sorted(FORMATS)}, got {self.format!r}")
+            raise ManifestError(f"format must be one of {sorted(FORMATS)}, got {self.format!r}")
+        if self.precision not in PRECISIONS:
+            raise ManifestError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str) -> Artifact:
+        """``d`` as an Artifact; every problem is a ManifestError starting with ``what``."""
+        if isinstance(d, Artifact):
+            return d
+        if not isinstance(d, dict):
+            raise ManifestError(f"{what} must be an object, got {type(d).__name__}")
+        try:
+            return cls(**d)
+        except (TypeError, ManifestError) as e:
+            raise ManifestError(f"{what}: {e}") from None
 
 
 @dataclass
@@ -73,7 +98,7 @@ class Manifest:
     model: str  # served model name, e.g. "vgg19_fp16"
     source_model: str  # registry name, e.g. "vgg19"
     precision: str
-    artifact: str  # primary artifact file name
+    artifact: str  # the primary artifact's file name (what config.pbtxt's platform serves)
     format: str
     sha256: str  # of the primary artifact
     preprocessing: dict[str, Any]  # InputSpec.to_dict()
@@ -82,11 +107,12 @@ class Manifest:
     labels: list[str] | None = None
     weights: dict[str, Any] = field(default_factory=dict)  # source, seed/path, sha256
     versions: dict[str, str | None] = field(default_factory=dict)  # torch, onnx, onnxruntime, ...
-    validation: dict[str, Any] = field(default_factory=dict)  # parity, top1_agreement, accuracy
-    fallback: Artifact | None = None  # e.g. model.onnx beside a TensorRT plan
+    validation: dict[str, Any] = field(default_factory=dict)  # the primary's parity, agreement, accuracy
+    alternatives: list[Artifact] = field(default_factory=list)  # the other artifacts, best first
     quantization: dict[str, Any] | None = None
-    gpu: dict[str, Any] | None = None  # name, compute_capability (for plans)
+    gpu: dict[str, Any] | None = None  # the primary plan's build: TensorRT, GPU, compute capability
     batching: dict[str, Any] | None = None  # the latency curve the config's batching was fitted to
+    notes: list[str] = field(default_factory=list)  # e.g. why a precision has no torch program
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     schema: int = SCHEMA_VERSION
 
@@ -100,11 +126,36 @@ class Manifest:
         check_sha256("sha256", self.sha256)
         if self.labels is not None and not all(isinstance(label, str) for label in self.labels):
             raise ManifestError("labels must be a list of strings")
-        if isinstance(self.fallback, dict):
-            try:
-                self.fallback = Artifact(**self.fallback)
-            except TypeError as e:
-                raise ManifestError(f"fallback: {e}") from None
+        if not all(isinstance(note, str) for note in self.notes):
+            raise ManifestError("notes must be a list of strings")
+        self.alternatives = [
+            Artifact.from_dict(a, f"alternatives[{i}]") for i, a in enumerate(self.alternatives)
+        ]
+        files = [a.file for a in self.artifacts]
+        if len(set(files)) != len(files):
+            raise ManifestError(f"artifacts must be distinct files, got {files}")
+
+    @property
+    def primary(self) -> Artifact:
+        """The primary artifact, as the other artifacts are described."""
+        extra = dict(self.gpu or {})
+        if self.format == "tensorrt_plan" and "tensorrt" not in extra and self.versions.get("tensorrt"):
+            extra["tensorrt"] = self.versions["tensorrt"]
+        return Artifact(self.artifact, self.format, self.sha256, self.precision, self.validation, extra)
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact of the version: the primary first, then the alternatives."""
+        return [self.primary, *self.alternatives]
+
+    @property
+    def fallback(self) -> Artifact | None:
+        """Schema 1's view: the first alternative (the ONNX model beside a plan)."""
+        return self.alternatives[0] if self.alternatives else None
+
+    @fallback.setter
+    def fallback(self, artifact: Artifact | None) -> None:
+        self.alternatives = [] if artifact is None else [artifact]
 
     @property
     def input_spec(self) -> InputSpec:
@@ -117,12 +168,23 @@ class Manifest:
     def write(self, version_dir: str | os.PathLike) -> Path:
         path = Path(version_dir) / MANIFEST_NAME
         tmp = path.with_suffix(".json.tmp")
+        self.schema = SCHEMA_VERSION  # a schema-1 manifest read and written back is written as schema 2
         tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        schema = d.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int):
+            raise ManifestError(f"field 'schema' must be int, got {type(schema).__name__} {schema!r:.60}")
+        if schema not in READABLE_SCHEMAS:
+            raise ManifestError(
+                f"manifest schema {schema!r} is not one this server reads ({READABLE_SCHEMAS}); it was "
+                "written by a newer cnnserve"
+            )
+        if schema == 1:
+            d = _upgrade_schema1(d)
         fields = cls.__dataclass_fields__
         required = {n for n, f in fields.items() if f.default is f.default_factory is MISSING}
         missing = sorted(required - d.keys())
@@ -147,6 +209,23 @@ class Manifest:
         return cls.from_dict(data)
 
 
+def _upgrade_schema1(d: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: the ``fallback`` becomes the one alternative, with the validation schema 1 kept for
+    it under the primary's ``validation["fallback"]``."""
+    d = dict(d)
+    fallback = d.pop("fallback", None)
+    if fallback is None:
+        return d
+    if not isinstance(fallback, dict):
+        raise ManifestError(f"fallback must be an object, got {type(fallback).__name__}")
+    validation = d.get("validation")
+    fallback_validation = validation.get("fallback") if isinstance(validation, dict) else None
+    if isinstance(fallback_validation, dict) and "validation" not in fallback:
+        fallback = {**fallback, "validation": fallback_validation}
+    d["alternatives"] = [Artifact.from_dict(fallback, "fallback")]
+    return d
+
+
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
     "source_model": (str,),
@@ -161,10 +240,11 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "weights": (dict,),
     "versions": (dict,),
     "validation": (dict,),
-    "fallback": (dict, Artifact, type(None)),
+    "alternatives": (list,),
     "quantization": (dict, type(None)),
     "gpu": (dict, type(None)),
     "batching": (dict, type(None)),
+    "notes": (list,),
     "created_at": (str,),
     "schema": (int,),
 }

@@ -1,20 +1,20 @@
 """Backends and the choice among them: the artifact's format picks the backend.
 
 ``onnx`` -> onnxruntime (CPU; CUDA/TensorRT execution providers where present), ``tensorrt_plan`` ->
-TensorRT (falling back to the manifest's ONNX artifact, with a warning, where the plan cannot run here),
-``torch_export`` -> torch. Heavy libraries are imported only by the backend that needs them.
+TensorRT, ``torch_export`` -> torch (CPU or CUDA). Which of a version's artifacts runs, on which device,
+is :func:`choose_artifact`'s decision (:mod:`.choice`). Heavy libraries are imported only by the backend
+that needs them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from modelrepo.manifest import Manifest
+from modelrepo.preprocess import InputSpec
 from protos import model_config_pb2 as mc
 from service.backends.base import Backend
+from service.backends.choice import ArtifactChoice, choose_artifact
 from service.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -28,82 +28,6 @@ __all__ = [
     "create_backend",
     "instance_devices",
 ]
-
-
-@dataclass(frozen=True)
-class ArtifactChoice:
-    """The file a model version will run from, and how."""
-
-    path: Path
-    format: str  # a key of modelrepo.manifest.FORMATS
-    sha256: str
-    precision: str
-    device: str  # "cpu" or "cuda"
-    fallback_reason: str | None = None  # set when a TensorRT plan could not be used
-
-
-def _onnx_device(setting: str, what: str) -> str:
-    from service.backends.onnxruntime_backend import cuda_available
-
-    if setting == "cpu":
-        return "cpu"
-    if cuda_available():
-        return "cuda"
-    if setting == "cuda":
-        raise ModelLoadError(
-            f"{what}: the server's device is cuda, but onnxruntime has no CUDA provider "
-            "(install onnxruntime-gpu)"
-        )
-    return "cpu"
-
-
-def choose_artifact(manifest: Manifest, version_dir: Path, device_setting: str) -> ArtifactChoice:
-    """Which artifact of a version to load on which device (``device_setting``: auto, cpu, cuda)."""
-    what = f"{manifest.model} ({version_dir})"
-    primary = version_dir / manifest.artifact
-    if manifest.format == "onnx":
-        return ArtifactChoice(
-            primary, "onnx", manifest.sha256, manifest.precision, _onnx_device(device_setting, what)
-        )
-    if manifest.format == "torch_export":
-        from service.backends.torch_backend import cuda_available
-
-        if device_setting == "cuda" and not cuda_available():
-            raise ModelLoadError(f"{what}: the server's device is cuda, but torch sees no CUDA GPU")
-        device = "cuda" if device_setting != "cpu" and cuda_available() else "cpu"
-        return ArtifactChoice(primary, "torch_export", manifest.sha256, manifest.precision, device)
-    if manifest.format == "tensorrt_plan":
-        if device_setting == "cpu":
-            reason = "the server's device is cpu"
-        else:
-            from service.backends.tensorrt_backend import unusable_reason
-
-            built = (manifest.versions or {}).get("tensorrt")
-            capability = (manifest.gpu or {}).get("compute_capability")
-            reason = unusable_reason(built, capability)
-        if reason is None:
-            return ArtifactChoice(primary, "tensorrt_plan", manifest.sha256, manifest.precision, "cuda")
-        fallback = manifest.fallback
-        if fallback is None or fallback.format != "onnx":
-            raise ModelLoadError(
-                f"{what}: cannot run the TensorRT plan ({reason}) and the manifest has no ONNX "
-                "fallback artifact"
-            )
-        log.warning(
-            "%s: cannot run the TensorRT plan (%s); serving the ONNX fallback %s instead",
-            what,
-            reason,
-            fallback.file,
-        )
-        return ArtifactChoice(
-            version_dir / fallback.file,
-            "onnx",
-            fallback.sha256,
-            fallback.precision,
-            _onnx_device(device_setting, what),
-            fallback_reason=reason,
-        )
-    raise ModelLoadError(f"{what}: unsupported artifact format {manifest.format!r}")
 
 
 def instance_devices(config: mc.ModelConfig, device: str) -> list[str]:
@@ -160,7 +84,7 @@ def _gpu_accelerator(config: mc.ModelConfig) -> tuple[str | None, bool]:
 
 
 def _onnxruntime(
-    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int, spec: InputSpec
 ) -> Backend:
     from service.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -180,7 +104,7 @@ def _onnxruntime(
 
 
 def _tensorrt(
-    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int, spec: InputSpec
 ) -> Backend:
     from service.backends.tensorrt_backend import TensorRTBackend
 
@@ -189,14 +113,26 @@ def _tensorrt(
     )
 
 
-def _torch(choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int) -> Backend:
+def _torch(
+    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int, spec: InputSpec
+) -> Backend:
     from service.backends.torch_backend import TorchBackend
 
-    return TorchBackend(choice.path, data, device=device)
+    return TorchBackend(
+        choice.path,
+        data,
+        device=device,
+        spec=spec,
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+        cuda_graphs=_bool_parameter(config, "cuda_graphs", default=True),
+        channels_last=_bool_parameter(config, "channels_last", default=device.startswith("cuda")),
+        input_shape=tuple(config.input[0].dims),
+    )
 
 
 # artifact format -> the backend that runs it (each imports its library only when called)
-BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, bytes, int], Backend]] = {
+BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, bytes, int, InputSpec], Backend]] = {
     "onnx": _onnxruntime,
     "tensorrt_plan": _tensorrt,
     "torch_export": _torch,
@@ -204,12 +140,23 @@ BACKENDS: dict[str, Callable[[ArtifactChoice, mc.ModelConfig, str, bytes, int], 
 
 
 def create_backend(
-    choice: ArtifactChoice, config: mc.ModelConfig, device: str, data: bytes, threads: int = 1
+    choice: ArtifactChoice,
+    config: mc.ModelConfig,
+    device: str,
+    data: bytes,
+    threads: int = 1,
+    spec: InputSpec | None = None,
 ) -> Backend:
     """One instance of ``choice`` (its bytes: ``data``) on ``device`` ("cpu" or "cuda:<i>") with ``threads``
     CPU intra-op threads unless the config's ``intra_op_thread_count`` says otherwise; onnxruntime's spin
-    between ops unless the config's ``allow_spinning`` parameter is "0"."""
+    between ops unless the config's ``allow_spinning`` parameter is "0". ``spec`` (the model's
+    preprocessing) lets a GPU backend normalize ``pixels`` and decode images on the device; torch's CUDA
+    graphs and channels-last layout are on unless the ``cuda_graphs``/``channels_last`` parameters are
+    "0"."""
     factory = BACKENDS.get(choice.format)
     if factory is None:
         raise ModelLoadError(f"unsupported artifact format {choice.format!r}")
-    return factory(choice, config, device, data, configured_threads(config) or max(1, threads))
+    backend = factory(choice, config, device, data, configured_threads(config) or max(1, threads), spec)
+    if spec is not None:
+        backend.spec = spec
+    return backend

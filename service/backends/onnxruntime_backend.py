@@ -91,6 +91,12 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self.output_names, {self.input_name: batch})[0]
 
+    @property
+    def label(self) -> str:
+        if "TensorrtExecutionProvider" in self.providers:
+            return "onnxruntime_tensorrt"
+        return "onnxruntime_cuda" if "CUDAExecutionProvider" in self.providers else "onnxruntime"
+
     def describe(self) -> str:
         threads = f", {self.threads} intra-op threads" if self.threads else ""
         return f"onnxruntime on {self.device} ({', '.join(self.providers)}{threads})"

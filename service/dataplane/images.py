@@ -1,9 +1,12 @@
-"""Encoded images -> the model's FP32 input, decoded in a thread pool (never on the event loop)."""
+"""Encoded images -> the model's FP32 input, decoded in a thread pool (never on the event loop).
+
+A backend that decodes on its device (:meth:`service.backends.base.Backend.image_decoder`) is handed the
+rows instead; it returns them as UINT8 ``pixels``, which it then normalizes on the device too."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,9 +35,16 @@ class ImageDecoder:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="image-decode")
         self.max_pixels = max_pixels
 
-    async def decode(self, images: Sequence[bytes], spec: InputSpec) -> np.ndarray:
+    async def decode(
+        self,
+        images: Sequence[bytes],
+        spec: InputSpec,
+        device_decoder: Callable[[Sequence[bytes], InputSpec, int], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """FP32 [N, C, H, W] from Pillow, or UINT8 [N, H, W, C] pixels from ``device_decoder``."""
+        decode = decode_images if device_decoder is None else device_decoder
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, decode_images, images, spec, self.max_pixels)
+        return await loop.run_in_executor(self._pool, decode, images, spec, self.max_pixels)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

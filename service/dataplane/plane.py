@@ -140,7 +140,7 @@ class DataPlane:
             served.batcher.check_room()
             data = model_input.data
             if model_input.kind == IMAGES:
-                data = await self.images.decode(data, io.input_spec)
+                data = await self.images.decode(data, io.input_spec, served.backends[0].image_decoder())
             logits = await served.batcher.submit(data, deadline)
             response = build_response(request, served, logits, top_k)
             outcome = SUCCESS

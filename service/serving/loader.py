@@ -1,5 +1,9 @@
 """Building the versions of a model to serve: read the folder, pick the artifact, start and warm up its
-instances, decide how its batches run. Blocking: the manager runs it in a worker thread."""
+instances, decide how its batches run. Blocking: the manager runs it in a worker thread.
+
+What was picked, and why better artifacts were skipped, is logged, labels the version's metrics
+(``backend``: e.g. ``torch_cuda``) and is added to the served ModelConfig's ``parameters``
+(``served_artifact``, ``served_backend``, ``served_device``, ``skipped_artifacts``)."""
 
 from __future__ import annotations
 
@@ -78,18 +82,18 @@ def _build_version(
     choice = choose_artifact(manifest, entry.path, settings.device)
     data = read_artifact(name, version, choice)
     devices = instance_devices(config, choice.device)
+    spec = entry.io.input_spec
     backends: list[Backend] = []
     try:
         for device in devices:
             threads = cpus // max(1, devices.count("cpu"))
-            backends.append(create_backend(choice, config, device, data, threads))
-            backends[-1].spec = entry.io.input_spec
+            backends.append(create_backend(choice, config, device, data, threads, spec))
         row_seconds = warm_up(name, backends, entry.io)
-        inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS
-        if inline and devices == ["cpu"] and choice.format == "onnx" and not configured_threads(config):
+        # Inline batches run on the event loop: never where a batch waits for a GPU stream.
+        inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS and devices == ["cpu"]
+        if inline and choice.format == "onnx" and not configured_threads(config):
             # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
-            single = create_backend(choice, config, "cpu", data, threads=1)
-            single.spec = entry.io.input_spec
+            single = create_backend(choice, config, "cpu", data, 1, spec)
             backends.append(single)
             warm_up(name, [single], entry.io)
             backends.pop(0).close()
@@ -100,7 +104,7 @@ def _build_version(
     if settings.tune:
         config, io = tune(name, config, io, manifest, backends[0])
         policy = policy_from_config(config)
-    telemetry = metrics.telemetry(name, str(version), backends[0].kind, choice.precision)
+    telemetry = metrics.telemetry(name, str(version), backends[0].label, choice.precision)
     seconds = time.monotonic() - started
     log.info(
         "loaded %s version %d: %s x%d, %s, %s, in %.2fs (one row: %.2f ms)",
@@ -116,7 +120,7 @@ def _build_version(
     return ServedVersion(
         name=name,
         version=version,
-        config=config,
+        config=served_config(config, choice, backends[0]),
         manifest=manifest,
         choice=choice,
         backends=backends,
@@ -149,6 +153,21 @@ def tune(
     tuned.parameters["batching_tuned"].string_value = fitted.reason
     log.info("tuned %s at warm-up: %s", name, fitted.reason)
     return tuned, replace(io, max_batch_size=tuned.max_batch_size)
+
+
+def served_config(config: mc.ModelConfig, choice: ArtifactChoice, backend: Backend) -> mc.ModelConfig:
+    """The config as served: config.pbtxt plus what was picked here and why better ones were not."""
+    served = mc.ModelConfig()
+    served.CopyFrom(config)
+    picked = {
+        "served_artifact": choice.path.name,
+        "served_backend": backend.label,
+        "served_device": backend.device,
+        "skipped_artifacts": choice.fallback_reason or "",
+    }
+    for key, value in picked.items():
+        served.parameters[key].string_value = value
+    return served
 
 
 def read_artifact(name: str, version: int, choice: ArtifactChoice) -> bytes:

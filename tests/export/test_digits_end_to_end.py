@@ -1,9 +1,11 @@
-"""Train LeNet-5 on digits, export fp32 + fp16 + int8, read everything back and serve it by hand."""
+"""Train LeNet-5 on digits, export fp32 + fp16 + int8 (ONNX, and torch.export programs for fp32 and fp16),
+read everything back and serve it by hand."""
 
 import numpy as np
 import pytest
 
 from export import export_model
+from export.torch_program import NO_INT8_PROGRAM, ProgramRunner
 from export.validate import ort_session, run_session
 from modelrepo.config import read_config
 from modelrepo.layout import model_names, read_labels, versions
@@ -22,9 +24,11 @@ def test_repository_layout(exported):
     repo = exported.repo
     assert model_names(repo) == ["lenet5", "lenet5_fp16", "lenet5_int8"]
     assert [p.name for p in repo.iterdir() if p.name.startswith(".")] == []  # staging cleaned up
-    for name in model_names(repo):
+    files = {"lenet5": "model.pt2", "lenet5_fp16": "model.pt2", "lenet5_int8": None}
+    for name, program in files.items():
         assert versions(repo / name) == [1]
-        assert sorted(p.name for p in (repo / name / "1").iterdir()) == ["manifest.json", "model.onnx"]
+        expected = sorted(["manifest.json", "model.onnx", *([program] if program else [])])
+        assert sorted(p.name for p in (repo / name / "1").iterdir()) == expected
         assert read_labels(repo / name) == [str(i) for i in range(10)]
 
 
@@ -58,6 +62,26 @@ def test_manifest_and_config_read_back(exported, lenet_checkpoint, precision):
     assert config.parameters["precision"].string_value == precision
     assert config.parameters["source_model"].string_value == "lenet5"
     assert config.output[0].label_filename == "labels.txt"
+    assert manifest.schema == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_programs_are_checked_alternatives(exported, precision):
+    manifest = exported[precision].manifest
+    (program,) = manifest.alternatives
+    assert (program.file, program.format, program.precision) == ("model.pt2", "torch_export", precision)
+    assert program.sha256 == sha256_file(exported[precision].version_dir / "model.pt2")
+    assert program.extra["dtype"] == {"fp32": "float32", "fp16": "float16"}[precision]
+    v = program.validation
+    assert v["parity"]["passed"] and v["runtime"].startswith("torch ")
+    assert v["top1_agreement"] >= 0.99 and abs(v["accuracy"] - v["reference_accuracy"]) <= 0.01
+    assert manifest.notes == []
+
+
+def test_int8_has_no_torch_program_and_says_why(exported):
+    manifest = exported["int8"].manifest
+    assert manifest.alternatives == [] and manifest.notes == [NO_INT8_PROGRAM]
+    assert "TensorRT" in NO_INT8_PROGRAM and "CUDA" in NO_INT8_PROGRAM
 
 
 def test_accuracies_recorded_and_int8_within_one_point(exported):
@@ -85,6 +109,10 @@ def test_served_artifact_reproduces_recorded_accuracy(exported, precision):
     logits = run_session(ort_session(entry.artifact), x, 32)
     assert logits.dtype == np.float32 and logits.shape == (360, 10)
     assert (logits.argmax(1) == y).mean() == pytest.approx(manifest.validation["accuracy"])
+    for program in manifest.alternatives:  # the torch program, loaded as the server loads it
+        runner = ProgramRunner(entry.version_dir / program.file, "cpu")
+        accuracy = (runner.run(x, 32).argmax(1) == y).mean()
+        assert accuracy == pytest.approx(program.validation["accuracy"])
 
 
 def test_other_calibration_methods(lenet_checkpoint, tmp_path):

@@ -1,4 +1,5 @@
-"""Every registered model exports to ONNX FP32 with random weights and matches PyTorch."""
+"""Every registered model exports to ONNX FP32 and a torch.export program with random weights, and both
+match PyTorch. Models of over 25 million parameters (100 MiB of FP32 weights) are marked ``slow``."""
 
 import pytest
 
@@ -8,8 +9,16 @@ from modelrepo.config import read_config
 from modelrepo.manifest import Manifest, sha256_file
 from models import get_model_entry, list_models
 
+SLOW_PARAMS = 25_000_000
 
-@pytest.mark.parametrize("name", list_models())
+
+def _family():
+    for name in list_models():
+        big = (get_model_entry(name).published_params or 0) > SLOW_PARAMS
+        yield pytest.param(name, marks=[pytest.mark.slow] if big else [])
+
+
+@pytest.mark.parametrize("name", list(_family()))
 def test_exports_with_parity(name, tmp_path):
     result = export_model(name, repo=tmp_path, max_batch_size=4, eval_samples=2, tensorrt="off")
     entry = result["fp32"]
@@ -28,6 +37,9 @@ def test_exports_with_parity(name, tmp_path):
     assert list(config.input[0].dims) == list(spec.shape)
     assert config.output[0].name == OUTPUT_NAME and config.output[0].dims[0] == len(manifest.labels)
     assert manifest.validation["onnx"]["opset"] == 18
+    (program,) = manifest.alternatives
+    assert program.file == "model.pt2" and program.validation["parity"]["passed"] is True
+    assert program.validation["parity"]["max_rel_error"] <= 1e-3
 
 
 def test_fp16_and_int8_of_an_imagenet_sized_model(tmp_path):
@@ -45,6 +57,8 @@ def test_fp16_and_int8_of_an_imagenet_sized_model(tmp_path):
     )
     fp16, int8 = result["fp16"].manifest, result["int8"].manifest
     assert fp16.validation["parity"]["passed"] and fp16.validation["parity"]["max_rel_error"] < 1e-2
+    program = fp16.alternatives[0].validation  # the fp16 torch program: half precision throughout
+    assert program["parity"]["passed"] and program["parity"]["max_rel_error"] < 1e-2
     assert fp16.validation["top1_agreement"] == 1.0
     assert int8.quantization["calibration"]["source"].startswith("random")
     assert int8.validation["accuracy"] is None  # random inputs carry no labels

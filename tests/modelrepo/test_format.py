@@ -130,10 +130,37 @@ def test_bad_spec():
         ({"labels": ["a", 2]}, "labels must be a list of strings"),
         ({"schema": "1"}, "field 'schema' must be int"),
         (
-            {"fallback": {"file": "/abs.onnx", "format": "onnx", "sha256": "0" * 64, "precision": "fp32"}},
-            "fallback file",
+            {
+                "alternatives": [
+                    {"file": "/abs.pt2", "format": "torch_export", "sha256": "0" * 64, "precision": "fp32"}
+                ]
+            },
+            r"alternatives\[0\]: file must be a file name inside the version folder",
         ),
-        ({"fallback": {"file": "m.onnx"}}, "fallback: "),
+        ({"alternatives": [{"file": "m.pt2"}]}, r"alternatives\[0\]: "),
+        ({"alternatives": ["model.pt2"]}, r"alternatives\[0\] must be an object"),
+        (
+            {"alternatives": [{"file": "m.pt2", "format": "pt2", "sha256": "0" * 64, "precision": "fp32"}]},
+            "format must be one of",
+        ),
+        (
+            {
+                "alternatives": [
+                    {"file": "model.onnx", "format": "onnx", "sha256": "0" * 64, "precision": "fp32"}
+                ]
+            },
+            "artifacts must be distinct files",
+        ),
+        ({"notes": [1]}, "notes must be a list of strings"),
+        ({"schema": 3}, "manifest schema 3 is not one this server reads"),
+        (
+            {
+                "schema": 1,
+                "fallback": {"file": "/abs.onnx", "format": "onnx", "sha256": "0" * 64, "precision": "fp32"},
+            },
+            "fallback: file must be a file name",
+        ),
+        ({"schema": 1, "fallback": {"file": "m.onnx"}}, "fallback: "),
     ],
 )
 def test_hostile_manifest_fields_are_refused_naming_the_field(override, message):
@@ -148,3 +175,57 @@ def test_unreadable_files_are_manifest_and_config_errors(tmp_path):
     (tmp_path / "config.pbtxt").write_bytes(b'name: "\xff\xfe"')
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         read_config(tmp_path)
+
+
+def test_schema_1_manifests_are_read_as_they_are_on_disk(tmp_path):
+    """A schema-1 plan entry (artifact + fallback, the fallback's validation inside the plan's) reads as
+    a primary with one alternative, and is written back as schema 2."""
+    plan_validation = {"runtime": "tensorrt", "fallback": {"runtime": "onnxruntime CPUExecutionProvider"}}
+    schema1 = {
+        **_manifest().to_dict(),
+        "schema": 1,
+        "artifact": "model.plan",
+        "format": "tensorrt_plan",
+        "sha256": "1" * 64,
+        "validation": plan_validation,
+        "versions": {"tensorrt": "10.3.0"},
+        "gpu": {"compute_capability": "8.6"},
+        "fallback": {
+            "file": "model.onnx",
+            "format": "onnx",
+            "sha256": "2" * 64,
+            "precision": "fp32",
+            "extra": {},
+        },
+    }
+    for key in ("alternatives", "notes"):
+        del schema1[key]
+    (tmp_path / "manifest.json").write_text(json.dumps(schema1))
+    m = Manifest.read(tmp_path)
+    assert [(a.file, a.format, a.sha256[0]) for a in m.artifacts] == [
+        ("model.plan", "tensorrt_plan", "1"),
+        ("model.onnx", "onnx", "2"),
+    ]
+    assert m.primary.extra == {"compute_capability": "8.6", "tensorrt": "10.3.0"}
+    assert m.fallback.validation == {"runtime": "onnxruntime CPUExecutionProvider"}
+    m.write(tmp_path)
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert written["schema"] == 2 and "fallback" not in written
+    assert Manifest.read(tmp_path) == m
+
+
+def test_schema_2_keeps_the_primary_where_schema_1_readers_find_it(tmp_path):
+    from modelrepo.manifest import Artifact
+
+    program = Artifact(
+        "model.pt2", "torch_export", "3" * 64, "fp16", {"runtime": "torch"}, {"dtype": "float16"}
+    )
+    m = _manifest(precision="fp16", alternatives=[program], notes=["why"])
+    m.write(tmp_path)
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert (on_disk["artifact"], on_disk["format"], on_disk["sha256"]) == ("model.onnx", "onnx", "0" * 64)
+    assert on_disk["alternatives"][0]["file"] == "model.pt2" and on_disk["notes"] == ["why"]
+    back = Manifest.read(tmp_path)
+    assert back == m and [a.file for a in back.artifacts] == ["model.onnx", "model.pt2"]
+    back.fallback = None  # schema 1's in-memory view still works for code written against it
+    assert back.artifacts == [back.primary]
