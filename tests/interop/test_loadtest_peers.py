@@ -95,10 +95,23 @@ def run_loadtest(server: PeerServer, protocol: str, model: str, flags, report: P
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
 
 
+def _metrics_text(server: PeerServer, seconds: float = 20.0) -> str:
+    """The peer's metrics page; its metrics port can come up a little after the server reports ready, so
+    a refused connection is retried for a bounded while (a dead server still fails the test)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+                return response.read().decode()
+        except urllib.error.URLError:
+            if time.monotonic() > deadline or server.proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
 def counted(server: PeerServer, model: str) -> tuple[int, int]:
     """(successful, failed) inference requests of ``model`` by the peer's metrics (0 before the first)."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    text = _metrics_text(server)
     totals = {SUCCESS[server.peer]: 0.0, FAILURE[server.peer]: 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

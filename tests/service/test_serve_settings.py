@@ -62,6 +62,7 @@ def test_env_names_match_the_contract():
         "tls_key": "SERVE_TLS_KEY",
         "tls_client_ca": "SERVE_TLS_CLIENT_CA",
         "restricted_protocol": "SERVE_RESTRICTED_PROTOCOL",
+        "tune": "SERVE_TUNE",
     }
 
 
