@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import SECTION_MODULES, BenchContext, load_sections
+from bench.report import finite
 
 
 def cpu_name() -> str:
@@ -51,16 +51,6 @@ def machine() -> dict:
         except ImportError:
             info[package] = None
     return info
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +109,7 @@ def run_section(section, context: BenchContext, command: str, quick: bool) -> No
         "notes": result.notes,
     }
     json_path = context.out_dir / f"{section.name}.json"
-    json_path.write_text(json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(finite(record), indent=2, allow_nan=False) + "\n")
     table = Table(*result.columns, title=section.name)
     for row in result.rows:
         table.add_row(*row)

@@ -5,6 +5,7 @@ Quick (smoke) runs write nothing: their figures are not for publishing."""
 from __future__ import annotations
 
 import datetime
+import math
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -52,3 +53,14 @@ def update_benchmarks_block(
         text = text.rstrip("\n") + f"\n\n## `{name}`\n\n{body}\n"
     path.write_text(text)
     return True
+
+
+def finite(value):
+    """``value`` (JSON-like) with NaN and infinities as None: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

@@ -168,6 +168,11 @@ class InferenceClient:
     ) -> pb.ModelInferResponse:
         return self._call("ModelInfer", request, timeout)
 
+    def _infer_tensor(self, model, name, array, version, timeout, output) -> np.ndarray:
+        request = pb.ModelInferRequest(model_name=model, model_version=version)
+        add_input(request, name, array)
+        return output_array(self.infer_request(request, timeout), output)
+
     def infer(
         self,
         model: str,
@@ -178,9 +183,7 @@ class InferenceClient:
         output: str = OUTPUT_NAME,
     ) -> np.ndarray:
         """Logits for an FP32 [N, C, H, W] batch (already normalized)."""
-        request = pb.ModelInferRequest(model_name=model, model_version=version)
-        add_input(request, INPUT_NAME, np.asarray(batch, dtype=np.float32))
-        return output_array(self.infer_request(request, timeout), output)
+        return self._infer_tensor(model, INPUT_NAME, np.asarray(batch, np.float32), version, timeout, output)
 
     def infer_pixels(
         self,
@@ -193,9 +196,7 @@ class InferenceClient:
     ) -> np.ndarray:
         """Logits for UINT8 [N, H, W, C] pixels at the model's input size, normalized by the server with
         the model's preprocessing (:func:`modelrepo.preprocess.to_pixels` makes them from an image)."""
-        request = pb.ModelInferRequest(model_name=model, model_version=version)
-        add_input(request, PIXELS_INPUT, np.asarray(pixels, dtype=np.uint8))
-        return output_array(self.infer_request(request, timeout), output)
+        return self._infer_tensor(model, PIXELS_INPUT, np.asarray(pixels, np.uint8), version, timeout, output)
 
     def _batch_limit(self, model: str, version: str) -> int:
         key = (model, version)

@@ -4,24 +4,15 @@ kind) and a Markdown table ready for BENCHMARKS.md."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+
+from bench.report import finite
 
 KINDS = ("input", "pixels", "image")
 
 
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json(record: dict, path: Path) -> None:
-    path.write_text(json.dumps(_finite(record), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(finite(record), indent=2, allow_nan=False) + "\n")
 
 
 def write_plot(record: dict, path: Path) -> None:
