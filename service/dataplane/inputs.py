@@ -123,7 +123,12 @@ def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
         view = memoryview(raw)
         items = [bytes(view[start:stop]) for start, stop in spans]
     else:
-        items = list(tensor.values or ())
+        values = tensor.values or ()
+        if len(values) != rows:  # counted before a single element is copied (a bomb holds millions)
+            raise InvalidInput(
+                f"{what}: holds {len(values)} BYTES elements, expected {rows} for shape {list(shape)}"
+            )
+        items = list(values)
         if not all(isinstance(x, bytes) for x in items):
             raise InvalidInput(f"{what}: elements must be bytes (encoded images)")
     if len(items) != rows:
