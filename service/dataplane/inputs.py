@@ -158,9 +158,12 @@ def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
 
 
 def _integer(parameters: Parameters, key: str, what: str = "an integer") -> int | None:
-    value = parameters.get(key)
-    if value is None:
+    """The integer value of parameter ``key``; None when the request does not carry it."""
+    if key not in parameters:
         return None
+    value = parameters[key]
+    if value is None:  # the parameter is there with none of its value fields set
+        raise InvalidInput(f"parameter {key!r} must be {what}, got no value")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {value!r}")
     return value
