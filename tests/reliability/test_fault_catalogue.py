@@ -119,6 +119,7 @@ CASES: dict[str, Case] = {
         "unknown model",
     ),
     "model: huge name": (lambda: infer_request("m" * HUGE), NOT_FOUND, "unknown model 'mmm"),
+    "model: huge non-ASCII name": (lambda: infer_request("é😀" * HUGE), NOT_FOUND, "unknown model 'é😀"),
     "version: unknown": (lambda: infer_request(version="7"), NOT_FOUND, "has no version '7' loaded"),
     "version: negative": (lambda: infer_request(version="-1"), NOT_FOUND, "has no version '-1' loaded"),
     "version: not an integer": (lambda: infer_request(version="1.0"), NOT_FOUND, "has no version '1.0'"),
