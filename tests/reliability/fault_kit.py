@@ -27,9 +27,6 @@ from service.healthcheck import check
 
 MODEL = "lenet5"  # the exported LeNet-5 (FP32 [N, 1, 32, 32] -> [N, 10]), max_batch_size 32
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-# What grpc itself answers (before any of our code runs) for bytes that are not a ModelInferRequest:
-# gRPC's convention in every language (C++, Go, Java) is INTERNAL for a message that cannot be parsed.
-UNPARSEABLE = (grpc.StatusCode.INTERNAL, "Exception deserializing request!")
 MAX_DETAILS = 2048  # no status message should be longer: trailers past ~8 KiB are refused by clients
 # Our own code logs this (with a traceback) for any exception that is not one of the server's errors.
 UNEXPECTED = "unexpected error"
