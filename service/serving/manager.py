@@ -18,7 +18,7 @@ from modelrepo.names import CONFIG_NAME
 from modelrepo.reader import Fingerprint
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
 from service.serving.loader import load_versions
-from service.serving.served import ServedVersion
+from service.serving.served import ServedVersion, release_memory
 from service.settings import Settings
 from service.telemetry.prometheus import ServerMetrics
 
@@ -261,6 +261,9 @@ class ModelManager:
             await self._changed(name)
             retired = [v for k, v in old.items() if new.get(k) is not v]
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
+            if retired:
+                del old, retired  # the last references: their sessions are freed here
+                await asyncio.to_thread(release_memory)
 
     async def _unload(self, name: str) -> None:
         async with self._lock(name):
@@ -280,6 +283,8 @@ class ModelManager:
             await self._changed(name)
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
             record.state, record.reason = UNAVAILABLE, "unloaded"
+            del versions_  # the last reference: their sessions are freed here
+            await asyncio.to_thread(release_memory)
 
     async def _changed(self, name: str) -> None:
         if self.on_change is not None:
