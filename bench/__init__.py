@@ -28,6 +28,9 @@ SECTION_MODULES = (
     "bench.export",
     "bench.serve",
     "bench.gpu",
+    "bench.health",
+    "bench.reload",
+    "bench.soak",
 )
 
 

@@ -23,7 +23,18 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient, InferenceServerError
 
-SECTIONS = {"client", "client-api", "export", "serve-overhead", "serve-compute", "batching", "gpu"}
+SECTIONS = {
+    "client",
+    "client-api",
+    "export",
+    "serve-overhead",
+    "serve-compute",
+    "batching",
+    "gpu",
+    "health",
+    "reload",
+    "soak",
+}
 
 
 def test_sections_register_once():
