@@ -20,12 +20,15 @@ import grpc
 import numpy as np
 
 from harness.server import ServerProcess, free_port, start_process
+from modelrepo.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from protos import grpc_service_pb2 as pb
 from protos import health_pb2, health_pb2_grpc
 from protos.wire import add_input, output_array
 from service.healthcheck import check
 
 MODEL = "lenet5"  # the exported LeNet-5 (FP32 [N, 1, 32, 32] -> [N, 10]), max_batch_size 32
+RGB_MODEL = "rgb"  # a linear classifier of RGB 32x32 images with ImageNet's mean and std (RGB_SPEC)
+RGB_SPEC = InputSpec(3, 32, 32, IMAGENET_MEAN, IMAGENET_STD, "RGB")
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MAX_DETAILS = 2048  # no status message should be longer: trailers past ~8 KiB are refused by clients
 # Our own code logs this (with a traceback) for any exception that is not one of the server's errors.
@@ -120,6 +123,29 @@ class RawInfer:
 
 def logits_of(response_bytes: bytes) -> np.ndarray:
     return output_array(pb.ModelInferResponse.FromString(response_bytes), "logits")
+
+
+def linear_onnx(path: Path, channels: int, classes: int = 10, size: int = 32) -> None:
+    """A linear classifier of [N, channels, size, size] images (Flatten, MatMul): a model of any colour
+    mode in a second, for the image paths LeNet-5's greyscale does not take."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(channels).normal(0, 0.05, (channels * size * size, classes))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(weights.astype(np.float32), "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
 
 
 # ------------------------------------------------------------------------------------ the server process

@@ -450,3 +450,53 @@ def test_the_other_rpcs_refuse_what_they_cannot_answer(stub, shared_server, refe
         assert health_status(address, "nope") == "NOT_FOUND"
         assert health_status(address, name) == "NOT_FOUND"  # not RESOURCE_EXHAUSTED: the message is short
     assert_alive_and_correct(shared_server, reference)
+
+
+# ------------------------------------------------------------------------------------- health ports
+
+
+def test_probes_answer_beside_a_burst_of_stalled_and_garbage_connections(shared_server, reference):
+    """64 connections opened at once on the metrics port and left half-sent (a scraper storm, a slow
+    client, a connection flood), bytes that are not HTTP/2 sent to both gRPC ports: a kubelet's HTTP probe
+    sent right after the burst is answered within the issue's 100 ms, and so are the gRPC probes."""
+    import socket
+    import time
+    import urllib.parse
+
+    from bench.health import BOUND_S
+    from service.healthcheck import check
+    from tests.reliability.fault_kit import health_url, http_status
+
+    metrics = urllib.parse.urlsplit(shared_server.metrics_url)
+    stalled = []
+    try:
+        for _ in range(64):  # all at once: nothing waits for the server to accept the one before
+            conn = socket.socket()
+            conn.setblocking(False)
+            conn.connect_ex((metrics.hostname, metrics.port))
+            stalled.append(conn)
+        started = time.monotonic()
+        status = http_status(health_url(shared_server, "/v2/health/ready"), timeout=5)
+        took = time.monotonic() - started
+        assert status == 200 and took <= BOUND_S, f"the HTTP probe took {took * 1e3:.0f} ms after the burst"
+        for conn in stalled:
+            conn.setblocking(True)
+            conn.settimeout(10)
+            conn.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")  # never finished
+        for address in (shared_server.address, shared_server.health_address):
+            host, port = address.rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(b"\x16\x03\x01 not a gRPC client " * 100)
+        with socket.create_connection((metrics.hostname, metrics.port), timeout=10) as conn:
+            conn.sendall(b"GARBAGE " * 2000 + b"\r\n\r\n")
+            reply = b""
+            while b"400" not in reply and len(reply) < 100_000 and (chunk := conn.recv(4096)):
+                reply += chunk
+            assert b"400" in reply, f"the metrics port answers garbage with a 400 error page: {reply[:200]!r}"
+        assert http_status(health_url(shared_server, "/v2/health/ready"), timeout=5) == 200
+        assert check(shared_server.health_address, "", timeout=5)[0]
+        assert check(shared_server.address, "", timeout=5)[0]
+    finally:
+        for conn in stalled:
+            conn.close()
+    assert_alive_and_correct(shared_server, reference)

@@ -25,6 +25,8 @@ from protos.wire import add_input
 from tests.reliability.fault_kit import (
     MAX_DETAILS,
     MODEL,
+    RGB_MODEL,
+    RGB_SPEC,
     RawInfer,
     assert_alive_and_correct,
     logits_of,
@@ -107,20 +109,28 @@ def other_format(fmt: str) -> bytes:
     return encode(Image.fromarray(GREY, "L").convert("RGB"), fmt)
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_by_hand(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+    """A PNG of ``rows`` (filter bytes included) with the header given: for what Pillow will not write."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    body = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (8-bit greyscale) and whose data is one empty row:
     a bomb when the size is taken on trust."""
+    return png_by_hand(width, height, 8, 0, b"\0")
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0"))
-        + chunk(b"IEND", b"")
-    )
+def rgb48(picture: np.ndarray) -> bytes:
+    """``picture`` (uint8 RGB) as a 16-bit-per-channel PNG, each value v stored as v * 257."""
+    wide = (picture.astype(np.uint16) * 257).astype(">u2")
+    rows = b"".join(b"\0" + wide[y].tobytes() for y in range(picture.shape[0]))
+    return png_by_hand(picture.shape[1], picture.shape[0], 16, 2, rows)
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -165,6 +175,41 @@ REFUSED = {
     "PNG truncated": (lambda: encode(Image.fromarray(GREY, "L"))[:200], "cannot decode PNG image"),
     "PNG with a bad CRC": (corrupt_crc, "PNG"),
     "PNG header only, no data": (lambda: png_header_only(32, 32)[:33], "PNG"),
+}
+
+
+COLOUR = np.random.default_rng(6).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # for the RGB model
+
+
+def colour_palette() -> tuple[bytes, np.ndarray]:
+    colours = np.random.default_rng(7).integers(0, 256, (256, 3), dtype=np.uint8)
+    indices = np.random.default_rng(8).integers(0, 256, (32, 32), dtype=np.uint8)
+    img = Image.fromarray(indices, "P")
+    img.putpalette(colours.ravel().tolist())
+    return encode(img), colours[indices]
+
+
+def rgba() -> bytes:
+    alpha = np.random.default_rng(9).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    return encode(Image.fromarray(np.concatenate([COLOUR, alpha], axis=2), "RGBA"))
+
+
+def grey_as_rgb() -> np.ndarray:
+    return np.repeat(GREY[:, :, None], 3, axis=2)
+
+
+# the RGB model: name -> (encoded image and the RGB picture it must be read as)
+RGB_LOSSLESS = {
+    "PNG RGB 8-bit": lambda: (encode(Image.fromarray(COLOUR, "RGB")), COLOUR),
+    "PNG RGB 16-bit (scaled, not truncated)": lambda: (rgb48(COLOUR), COLOUR),
+    "PNG RGBA (alpha dropped)": lambda: (rgba(), COLOUR),
+    "PNG palette of 256 colours": colour_palette,
+    "PNG greyscale 16-bit to RGB": lambda: (grey16(), grey_as_rgb()),
+    "PNG greyscale with alpha to RGB": lambda: (with_alpha("LA"), grey_as_rgb()),
+}
+RGB_LOSSY = {
+    "JPEG CMYK to RGB": lambda: encode(Image.fromarray(COLOUR, "RGB").convert("CMYK"), "JPEG", quality=95),
+    "JPEG greyscale to RGB": lambda: encode(Image.fromarray(GREY, "L"), "JPEG", quality=95),
 }
 
 
@@ -261,4 +306,34 @@ def test_typed_bytes_bomb_is_counted_before_its_elements_are_copied(raw_infer, s
     assert code == INVALID and f"holds {elements} BYTES elements, expected 1" in details, details
     bound = 2 * len(data) + 64 * elements  # the message twice, the parse, and room: no copy per element
     assert growth < bound, f"peak memory grew by {growth / 1e6:.0f} MB (bound {bound / 1e6:.0f} MB)"
+    assert_alive_and_correct(shared_server, reference)
+
+
+def rgb_request(data: bytes) -> bytes:
+    request = pb.ModelInferRequest(model_name=RGB_MODEL)
+    add_input(request, "image", [data])
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("case", RGB_LOSSLESS)
+def test_rgb_model_reads_every_mode_as_its_colours(case, raw_infer, shared_server, rgb_reference, reference):
+    data, picture = RGB_LOSSLESS[case]()
+    code, details, response = raw_infer(rgb_request(data))
+    assert code == grpc.StatusCode.OK, f"{case}: {code.name} {details}"
+    want = rgb_reference(normalize_pixels(picture[None], RGB_SPEC))
+    np.testing.assert_allclose(logits_of(response), want, rtol=1e-4, atol=1e-5)
+    assert_alive_and_correct(shared_server, reference)
+
+
+@pytest.mark.parametrize("case", RGB_LOSSY)
+def test_rgb_model_reads_lossy_files_as_a_plain_decoder(
+    case, raw_infer, shared_server, rgb_reference, reference
+):
+    data = RGB_LOSSY[case]()
+    code, details, response = raw_infer(rgb_request(data))
+    assert code == grpc.StatusCode.OK, f"{case}: {code.name} {details}"
+    with Image.open(io.BytesIO(data)) as img:
+        picture = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    want = rgb_reference(normalize_pixels(picture[None], RGB_SPEC))
+    np.testing.assert_allclose(logits_of(response), want, rtol=1e-4, atol=1e-5)
     assert_alive_and_correct(shared_server, reference)
