@@ -9,7 +9,7 @@ retires) and resnet18's config is rewritten (all its versions rebuilt).
 
 Measured from outside the server: RSS, CPU, open files and threads every 5 s (/proc); per request its
 kind, status, latency and answering version (the driver). Reported: RSS over time and its slope, p99 per
-minute and its drift from the first full minute to the last, and every status by kind (good requests
+minute and its drift (the last three minutes against minutes 1-3), every status by kind (good requests
 must all succeed, bad ones must get the status their kind calls for).
 """
 
@@ -187,6 +187,7 @@ class Sampler(threading.Thread):
             "t": round(time.monotonic() - self.start_time, 2),
             "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
             "cpu_s": (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"),
+            "load1": os.getloadavg()[0],
             "fds": fds,
             "threads": int(fields["Threads"]),
         }
@@ -279,8 +280,8 @@ def run(ctx: BenchContext) -> SectionResult:
         "statuses",
         "p50 ms",
         "p99 ms",
-        "p99 first min",
-        "p99 last min",
+        "p99 min 1-3",
+        "p99 last 3 min",
     ]
     rows = []
     for kind, k in figures["kinds"].items():
@@ -291,7 +292,7 @@ def run(ctx: BenchContext) -> SectionResult:
                 str(k["requests"]),
                 KINDS[kind][1],
                 statuses,
-                *(_ms(k[key]) for key in ("p50_ms", "p99_ms", "p99_first_minute_ms", "p99_last_minute_ms")),
+                *(_ms(k[key]) for key in ("p50_ms", "p99_ms", "p99_early_ms", "p99_late_ms")),
             ]
         )
     rss, reload, threads, fds = figures["rss"], figures["reload"], figures["threads"], figures["fds"]
@@ -303,15 +304,18 @@ def run(ctx: BenchContext) -> SectionResult:
         f"{figures['late_fraction'] * 100:.1f}% of arrivals.",
         f"Server RSS (MB): {rss['first']:.0f} at start, {rss['before_reload']:.0f} before the reload, "
         f"{rss['after_reload']:.0f} a minute after it, {rss['last']:.0f} at the end, {rss['max']:.0f} at "
-        f"most; slope after the first minute {rss['slope_mb_per_hour']:+.0f} MB/hour. Threads "
+        f"most; median over minutes 1-3 {_ms(rss['median_early'])}, over the last three minutes "
+        f"{_ms(rss['median_late'])}; least-squares slope after the first minute "
+        f"{rss['slope_mb_per_hour']:+.0f} MB/hour. Threads "
         f"{threads['first']} -> {threads['last']}, open files {fds['first']} -> {fds['last']}; server CPU "
         f"{figures['server_cpu_per_request_ms']:.2f} ms per request.",
         f"Reload at {reload_at:.0f} s: lenet5 version 2 answered from {reload['v2_first_answer_s']} s; good "
         f"requests failed within 30 s of it: {reload['good_failed_around']}. The server was "
         f"{'alive' if alive else 'DEAD'} at the end and exited {exit_code} on SIGTERM.",
-        "p99 per kind over its first and last full minute (successful requests): the drift is their ratio, "
-        f"{figures['p99_drift']}; read it against the load average, "
-        f"{figures['load_average_after']} after the run on {os.cpu_count()} shared cores.",
+        "p99 per kind over minutes 1-3 and over the last three minutes (successful requests; minute 0 "
+        f"warms up): the drift is their ratio, {figures['p99_drift']}. Read it against the machine's load "
+        f"average, plotted beside RSS (1-minute average {figures['load_average']['min']:.1f} to "
+        f"{figures['load_average']['max']:.1f} on {os.cpu_count()} shared cores during the run).",
     ]
     plot = ctx.out_dir / "soak.png"
     _plot(plot, records, sampler.samples, reload_at)
@@ -351,27 +355,32 @@ def summarize(records: dict, samples: list[dict], seconds: float, reload_at: flo
     latency = np.asarray(records["latency"]) * 1e3
     status = np.asarray(records["status"])
     kind = np.asarray(records["kind"])
-    first_minute = float(t.min()) if len(t) else 0.0  # the driver starts a second or two after the server
-    last_minute = first_minute + (seconds // 60 - 1) * 60
+    begin = float(t.min()) if len(t) else 0.0  # the driver starts a second or two after the server
+    early = (begin + 60, begin + 240)  # minutes 1-3 (minute 0 warms up)
+    late = (begin + seconds - 180, begin + seconds)
     out_kinds = {}
     drift = {}
     for i, name in enumerate(kinds):
         mine = kind == i
         ok = mine & (status == OK)
         statuses = {s: int(n) for s, n in zip(*np.unique(status[mine], return_counts=True), strict=True)}
-        first = latency[ok & (t >= first_minute) & (t < first_minute + 60)].tolist()
-        last = latency[ok & (t >= last_minute) & (t < last_minute + 60)].tolist()
+        first = latency[ok & (t >= early[0]) & (t < early[1])].tolist()
+        last = latency[ok & (t >= late[0]) & (t < late[1])].tolist()
+        minutes = np.floor((t - begin) / 60)
         entry = {
             "requests": int(mine.sum()),
             "statuses": statuses,
             "p50_ms": percentile(latency[ok].tolist(), 50),
             "p99_ms": percentile(latency[ok].tolist(), 99),
-            "p99_first_minute_ms": percentile(first, 99),
-            "p99_last_minute_ms": percentile(last, 99),
+            "p99_early_ms": percentile(first, 99),
+            "p99_late_ms": percentile(last, 99),
+            "p99_per_minute_ms": [
+                percentile(latency[ok & (minutes == m)].tolist(), 99) for m in range(int(seconds // 60))
+            ],
         }
         out_kinds[name] = entry
-        if entry["p99_first_minute_ms"] and entry["p99_last_minute_ms"] and KINDS[name][1] == OK:
-            drift[name] = round(entry["p99_last_minute_ms"] / entry["p99_first_minute_ms"], 2)
+        if entry["p99_early_ms"] and entry["p99_late_ms"] and KINDS[name][1] == OK:
+            drift[name] = round(entry["p99_late_ms"] / entry["p99_early_ms"], 2)
     must = np.asarray([KINDS[kinds[k]][1] for k in kind])
     good = np.isin(kind, [kinds.index(k) for k in GOOD])
     reload = {"v2_first_answer_s": None, "good_failed_around": None}
@@ -406,13 +415,24 @@ def summarize(records: dict, samples: list[dict], seconds: float, reload_at: flo
             "last": rss[-1],
             "max": max(rss),
             "slope_mb_per_hour": slope,
+            "median_early": _median_between(samples, 60, 240),
+            "median_late": _median_between(samples, seconds - 180, seconds + 60),
             "series": [[ti, round(r, 1)] for ti, r in zip(times, rss, strict=True)],
         },
         "threads": {"first": samples[0]["threads"], "last": samples[-1]["threads"]},
         "fds": {"first": samples[0]["fds"], "last": samples[-1]["fds"]},
         "server_cpu_per_request_ms": cpu / max(1, len(t)) * 1e3,
-        "load_average_after": [round(x, 1) for x in os.getloadavg()],
+        "load_average": {
+            "min": min(s["load1"] for s in samples),
+            "max": max(s["load1"] for s in samples),
+            "series": [[s["t"], s["load1"]] for s in samples],
+        },
     }
+
+
+def _median_between(samples: list[dict], start: float, stop: float) -> float | None:
+    values = [s["rss_mb"] for s in samples if start <= s["t"] < stop]
+    return statistics.median(values) if values else None
 
 
 def _plot(path: Path, records: dict, samples: list[dict], reload_at: float | None) -> None:
@@ -427,11 +447,15 @@ def _plot(path: Path, records: dict, samples: list[dict], reload_at: float | Non
     status = np.asarray(records["status"])
     kind = np.asarray(records["kind"])
     figure, axes = pyplot.subplots(3, 1, figsize=(10, 9), sharex=True)
-    axes[0].plot([s["t"] for s in samples], [s["rss_mb"] for s in samples], marker=".")
+    axes[0].plot([s["t"] for s in samples], [s["rss_mb"] for s in samples], marker=".", label="server RSS")
     axes[0].set_ylabel("server RSS, MB")
     axes[0].set_ylim(bottom=0)
+    load = axes[0].twinx()
+    load.plot([s["t"] for s in samples], [s["load1"] for s in samples], color="grey", linewidth=0.8)
+    load.set_ylabel("machine load average (1 min, grey)")
+    load.set_ylim(bottom=0)
     window = 30.0
-    edges = np.arange(0, t.max() + window, window) if len(t) else np.array([0.0])
+    edges = np.arange(t.min(), t.max(), window) if len(t) else np.array([0.0])  # whole windows only
     for name in ("lenet5 tensor", "lenet5 image", "resnet18 tensor"):
         i = kinds.index(name)
         ok = (kind == i) & (status == OK)
