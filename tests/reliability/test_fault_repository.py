@@ -146,7 +146,7 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
 def fault_server(lenet5_dir, tmp_path):
     prefix = without_file_override()
     if prefix is None:
-        pytest.skip("running as root without setpriv: file permissions cannot bind the server")
+        pytest.skip("running as root where setpriv cannot drop CAP_DAC_OVERRIDE: permissions cannot bind")
     repo = tmp_path / "repo"
     copy_entry(lenet5_dir, repo, MODEL)
     for name, (damage, _) in BROKEN.items():
