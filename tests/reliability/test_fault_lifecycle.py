@@ -104,14 +104,14 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(
     at that moment only (readiness turned off long before: a load balancer has stopped sending)."""
     repo = tmp_path / "repo"
     copy_entry(lenet5_dir, repo, MODEL)
-    held = 24  # requests queued in `slow` (it waits 2 s for company) when SIGTERM arrives
+    held = 24  # requests queued in `slow` (it waits 4 s for company) when SIGTERM arrives
     copy_entry(
         lenet5_dir,
         repo,
         "slow",
         max_batch_size=32,
         preferred_batch_sizes=(),
-        max_queue_delay_microseconds=2_000_000,
+        max_queue_delay_microseconds=4_000_000,
     )
     server = servers(repo, "--grace-period", "20")
     client = server.client(timeout=30)
