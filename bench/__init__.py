@@ -37,6 +37,9 @@ SECTION_MODULES = {
     "inputs": "bench.inputs",
     "protocols": "bench.protocols",
     "gpu": "bench.gpu",
+    "health": "bench.health",
+    "reload": "bench.reload",
+    "soak": "bench.soak",
 }
 
 

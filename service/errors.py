@@ -145,7 +145,24 @@ def redact_paths(message: str, root: Path | None = None) -> str:
     return _ABSOLUTE_PATH.sub(replace, message)
 
 
+# A gRPC status message travels in HTTP/2 trailers, which clients refuse past 8-16 KiB (and percent-encode
+# non-ASCII bytes into three): a message that echoes a hostile name whole would not arrive at all.
+MAX_MESSAGE_BYTES = 1024
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` within ``limit`` UTF-8 bytes: its start and its end (which says what was expected),
+    with how much was left out between them."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    head = data[: limit * 2 // 3].decode(errors="ignore")
+    tail = data[-(limit // 4) :].decode(errors="ignore")
+    return f"{head} ...[{len(data)} bytes, shortened]... {tail}"
+
+
 def public_status(exc: BaseException, root: Path | None = None) -> tuple[str, str]:
-    """What a client is told of an exception: (status name, message without filesystem paths)."""
+    """What a client is told of an exception: (status name, message without filesystem paths, within
+    :data:`MAX_MESSAGE_BYTES`)."""
     error = to_serve_error(exc)
-    return error.status, redact_paths(error.message, root)
+    return error.status, shorten(redact_paths(error.message, root))

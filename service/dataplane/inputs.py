@@ -123,7 +123,12 @@ def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
         view = memoryview(raw)
         items = [bytes(view[start:stop]) for start, stop in spans]
     else:
-        items = list(tensor.values or ())
+        values = tensor.values or ()
+        if len(values) != rows:  # counted before a single element is copied (a bomb holds millions)
+            raise InvalidInput(
+                f"{what}: holds {len(values)} BYTES elements, expected {rows} for shape {list(shape)}"
+            )
+        items = list(values)
         if not all(isinstance(x, bytes) for x in items):
             raise InvalidInput(f"{what}: elements must be bytes (encoded images)")
     if len(items) != rows:
@@ -153,9 +158,12 @@ def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
 
 
 def _integer(parameters: Parameters, key: str, what: str = "an integer") -> int | None:
-    value = parameters.get(key)
-    if value is None:
+    """The integer value of parameter ``key``; None when the request does not carry it."""
+    if key not in parameters:
         return None
+    value = parameters[key]
+    if value is None:  # the parameter is there with none of its value fields set
+        raise InvalidInput(f"parameter {key!r} must be {what}, got no value")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {value!r}")
     return value

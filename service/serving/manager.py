@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrepo.layout import model_names
 from modelrepo.names import CONFIG_NAME
 from modelrepo.reader import Fingerprint
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
 from service.serving.loader import load_versions
-from service.serving.served import ServedVersion
+from service.serving.served import ServedVersion, release_memory
 from service.settings import Settings
 from service.telemetry.prometheus import ServerMetrics
 
@@ -46,6 +45,24 @@ class ModelRecord:
 
 
 OnChange = Callable[[str], Awaitable[None]]
+
+
+def _has_config(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a config.pbtxt. A folder the server may not look into counts as a
+    model (its load then fails saying why): one unreadable folder must not hide the repository."""
+    try:
+        return (model_dir / CONFIG_NAME).is_file()
+    except PermissionError:
+        return True
+
+
+def repository_models(repo: Path) -> list[str]:
+    """``modelrepo.layout.model_names``, where a folder that cannot be looked into is still a model."""
+    if not repo.is_dir():
+        return []
+    return sorted(
+        p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_config(p)
+    )
 
 
 class ModelManager:
@@ -89,7 +106,7 @@ class ModelManager:
         mode = self.settings.model_control_mode
         if not self.repo.is_dir():
             log.warning("model repository %s does not exist", self.repo)
-        names = list(self.settings.load_model) or (model_names(self.repo) if mode != "explicit" else [])
+        names = list(self.settings.load_model) or (repository_models(self.repo) if mode != "explicit" else [])
         for name in names:
             try:
                 await self.load(name)
@@ -149,7 +166,7 @@ class ModelManager:
 
     def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
         """Triton's RepositoryIndex: every model on disk or loaded, one entry per loaded version."""
-        names = sorted(set(model_names(self.repo)) | set(self._routes) | set(self._records))
+        names = sorted(set(repository_models(self.repo)) | set(self._routes) | set(self._records))
         out = []
         for name in names:
             record = self._records.get(name, ModelRecord())
@@ -206,7 +223,7 @@ class ModelManager:
 
     def _check_name(self, name: str) -> Path:
         model_dir = self.repo / name
-        if "/" in name or name.startswith(".") or not (model_dir / CONFIG_NAME).is_file():
+        if "/" in name or name.startswith(".") or not _has_config(model_dir):
             raise ModelNotFound(
                 f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
             )
@@ -244,6 +261,9 @@ class ModelManager:
             await self._changed(name)
             retired = [v for k, v in old.items() if new.get(k) is not v]
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
+            if retired:
+                del old, retired  # the last references: their sessions are freed here
+                await asyncio.to_thread(release_memory)
 
     async def _unload(self, name: str) -> None:
         async with self._lock(name):
@@ -252,7 +272,7 @@ class ModelManager:
             was_failed = name in self._failed
             self._failed.discard(name)
             if versions_ is None:
-                if not (self.repo / name / CONFIG_NAME).is_file() and name not in self._records:
+                if not _has_config(self.repo / name) and name not in self._records:
                     raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
                 if was_failed:
                     self._records[name].state, self._records[name].reason = UNAVAILABLE, "unloaded"
@@ -263,6 +283,8 @@ class ModelManager:
             await self._changed(name)
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
             record.state, record.reason = UNAVAILABLE, "unloaded"
+            del versions_  # the last reference: their sessions are freed here
+            await asyncio.to_thread(release_memory)
 
     async def _changed(self, name: str) -> None:
         if self.on_change is not None:
@@ -285,7 +307,7 @@ class ModelManager:
     async def poll_once(self) -> None:
         """Load new or changed models, unload removed ones. A repository that is missing or empty while
         models are loaded is taken for a volume being remounted: the cycle is skipped."""
-        on_disk = set(await asyncio.to_thread(model_names, self.repo))
+        on_disk = set(await asyncio.to_thread(repository_models, self.repo))
         if self._routes and not on_disk:
             state = "empty" if self.repo.is_dir() else "missing"
             log.warning(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
+from collections.abc import Callable
 
 from modelrepo.manifest import Manifest
 from modelrepo.reader import Fingerprint, ModelIO
@@ -59,6 +61,24 @@ def close_backends(backends: list[Backend]) -> None:
             backend.close()
         except Exception as e:
             log.warning("closing %s failed: %s", backend.describe(), e)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):  # another C library: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS; called once the retired versions are dropped. glibc keeps freed
+    blocks in its per-thread arenas, and the next load (in another thread) does not reuse all of them:
+    without this, resnet18's RSS after an unload crept from 180 to 700 MB over 50 unload/load cycles."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class ServedVersion:

@@ -4,6 +4,7 @@ Triton's HTTP front end answers), read from the health state without touching th
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
@@ -17,6 +18,9 @@ HealthProbe = Callable[[str], bool | None]  # path -> answer (None: not a health
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = False  # a second server on the same port must fail
+    # socketserver's listen backlog is 5: past 6 connections arriving at once (scrapes, slow clients, a
+    # flood) the kernel drops the next SYN, and a probe's connection waits a second for its resend.
+    request_queue_size = socket.SOMAXCONN
 
 
 class _QuietHandler(WSGIRequestHandler):

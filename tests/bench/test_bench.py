@@ -38,6 +38,9 @@ SECTIONS = {
     "peers",
     "delay",
     "inputs",
+    "health",
+    "reload",
+    "soak",
 }
 
 
