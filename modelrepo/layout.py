@@ -8,15 +8,23 @@ from pathlib import Path
 from modelrepo.names import CONFIG_NAME, LABELS_NAME
 
 
+def is_model_folder(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a config.pbtxt. A folder that cannot be looked into (permissions) counts
+    as a model: its load then fails saying why, and one unreadable folder does not hide the others."""
+    try:
+        return (model_dir / CONFIG_NAME).is_file()
+    except PermissionError:
+        return True
+
+
 def model_names(repo: str | os.PathLike) -> list[str]:
-    """Model folders of a repository (those holding a config.pbtxt; hidden staging folders skipped)."""
+    """Model folders of a repository (those holding a config.pbtxt, or that cannot be looked into; hidden
+    staging folders skipped)."""
     root = Path(repo)
     if not root.is_dir():
         return []
     return sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_NAME).is_file()
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_model_folder(p)
     )
 
 

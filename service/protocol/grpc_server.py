@@ -12,64 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
-from protos import health_pb2_grpc
+from protos import health_pb2
 from service.dataplane.plane import DataPlane
 from service.errors import InvalidInput
 from service.protocol import grpc_codec as codec
+from service.protocol.grpc_handlers import Unparseable, add_servicer
 from service.protocol.health import HEALTH_SERVICE, INFERENCE_SERVICE, AioHealthServicer, HealthState
 from service.protocol.security import GROUP_OF, Restriction, headers_of
 
 log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream answered concurrently
-
-
-class Unparseable:
-    """Request bytes that are not the message the method takes. The RPC answers INVALID_ARGUMENT; left to
-    grpc.aio, a request that fails to parse is answered UNKNOWN, with an error and its traceback logged
-    for every such request."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def _parser(message_class) -> Callable[[bytes], object]:
-    name = message_class.DESCRIPTOR.full_name
-
-    def parse(data: bytes):
-        try:
-            return message_class.FromString(data)
-        except DecodeError as e:
-            return Unparseable(f"the request's {len(data)} bytes are not a valid {name}: {e}")
-
-    return parse
-
-
-def add_inference_servicer(servicer: pb_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
-    """What ``pb_grpc.add_GRPCInferenceServiceServicer_to_server`` does, with requests that fail to parse
-    handed to the servicer as :class:`Unparseable`."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    handlers = {}
-    for method in service.methods:
-        make = (
-            grpc.stream_stream_rpc_method_handler
-            if method.client_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=_parser(getattr(pb, method.input_type.name)),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63, as the generated code does
-        server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
@@ -221,8 +177,15 @@ def build_server(
     """The gRPC server with the inference and health services (and reflection where grpcio-reflection is
     installed); returns it and its bound port."""
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    add_inference_servicer(InferenceServicer(plane, restrictions or {}), server)
-    health_pb2_grpc.add_HealthServicer_to_server(AioHealthServicer(health), server)
+    add_servicer(
+        InferenceServicer(plane, restrictions or {}),
+        server,
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+        pb,
+    )
+    add_servicer(
+        AioHealthServicer(health), server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2
+    )
     try:
         from grpc_reflection.v1alpha import reflection
     except ImportError:

@@ -24,6 +24,7 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import health_pb2, health_pb2_grpc
 from service.errors import shorten
+from service.protocol.grpc_handlers import Unparseable, add_servicer
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,16 @@ class AioHealthServicer(health_pb2_grpc.HealthServicer):
         self.state = state
 
     async def Check(self, request, context):
+        if isinstance(request, Unparseable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         status = self.state.status(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, shorten(f"unknown service {request.service!r}"))
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request, context) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        if isinstance(request, Unparseable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         queue = self.state.watch()
         try:
             last = None
@@ -168,11 +173,17 @@ class AioHealthServicer(health_pb2_grpc.HealthServicer):
 # ------------------------------------------------------------------------------- on the health port
 
 
+def _refuse_unparseable(request, context) -> None:
+    if isinstance(request, Unparseable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+
+
 class _ThreadHealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self, state: HealthState) -> None:
         self.state = state
 
     def Check(self, request, context):
+        _refuse_unparseable(request, context)
         status = self.state.status(request.service)
         if status is None:
             context.abort(grpc.StatusCode.NOT_FOUND, shorten(f"unknown service {request.service!r}"))
@@ -189,12 +200,15 @@ class _ProbeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.state = state
 
     def ServerLive(self, request, context):
+        _refuse_unparseable(request, context)
         return pb.ServerLiveResponse(live=self.state.live)
 
     def ServerReady(self, request, context):
+        _refuse_unparseable(request, context)
         return pb.ServerReadyResponse(ready=self.state.ready)
 
     def ModelReady(self, request, context):
+        _refuse_unparseable(request, context)
         return pb.ModelReadyResponse(ready=self.state.model_ready(request.name, request.version))
 
 
@@ -208,8 +222,15 @@ class HealthServer:
             maximum_concurrent_rpcs=HEALTH_PORT_THREADS * 4,
             options=[("grpc.so_reuseport", 0)],
         )
-        health_pb2_grpc.add_HealthServicer_to_server(_ThreadHealthServicer(state), self.server)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(_ProbeServicer(state), self.server)
+        add_servicer(
+            _ThreadHealthServicer(state),
+            self.server,
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            health_pb2,
+        )
+        add_servicer(
+            _ProbeServicer(state), self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb
+        )
 
     def start(self, address: str) -> int:
         """Bind ``address`` (port 0: any free one) and serve; returns the bound port."""

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrepo.layout import is_model_folder, model_names
 from modelrepo.names import CONFIG_NAME
 from modelrepo.reader import Fingerprint
 from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
@@ -45,24 +46,6 @@ class ModelRecord:
 
 
 OnChange = Callable[[str], Awaitable[None]]
-
-
-def _has_config(model_dir: Path) -> bool:
-    """Whether ``model_dir`` holds a config.pbtxt. A folder the server may not look into counts as a
-    model (its load then fails saying why): one unreadable folder must not hide the repository."""
-    try:
-        return (model_dir / CONFIG_NAME).is_file()
-    except PermissionError:
-        return True
-
-
-def repository_models(repo: Path) -> list[str]:
-    """``modelrepo.layout.model_names``, where a folder that cannot be looked into is still a model."""
-    if not repo.is_dir():
-        return []
-    return sorted(
-        p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_config(p)
-    )
 
 
 class ModelManager:
@@ -106,7 +89,7 @@ class ModelManager:
         mode = self.settings.model_control_mode
         if not self.repo.is_dir():
             log.warning("model repository %s does not exist", self.repo)
-        names = list(self.settings.load_model) or (repository_models(self.repo) if mode != "explicit" else [])
+        names = list(self.settings.load_model) or (model_names(self.repo) if mode != "explicit" else [])
         for name in names:
             try:
                 await self.load(name)
@@ -165,8 +148,9 @@ class ModelManager:
         return [v for _, v in sorted(self._routes.get(name, {}).items())]
 
     def index(self, ready_only: bool = False) -> list[RepositoryEntry]:
-        """Triton's RepositoryIndex: every model on disk or loaded, one entry per loaded version."""
-        names = sorted(set(repository_models(self.repo)) | set(self._routes) | set(self._records))
+        """Triton's RepositoryIndex: every model on disk or loaded, one entry per loaded version (a broken
+        model taken off the disk is no longer listed)."""
+        names = sorted(set(model_names(self.repo)) | set(self._routes))
         out = []
         for name in names:
             record = self._records.get(name, ModelRecord())
@@ -223,7 +207,7 @@ class ModelManager:
 
     def _check_name(self, name: str) -> Path:
         model_dir = self.repo / name
-        if "/" in name or name.startswith(".") or not _has_config(model_dir):
+        if "/" in name or name.startswith(".") or not is_model_folder(model_dir):
             raise ModelNotFound(
                 f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
             )
@@ -272,7 +256,7 @@ class ModelManager:
             was_failed = name in self._failed
             self._failed.discard(name)
             if versions_ is None:
-                if not _has_config(self.repo / name) and name not in self._records:
+                if not is_model_folder(self.repo / name) and name not in self._records:
                     raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
                 if was_failed:
                     self._records[name].state, self._records[name].reason = UNAVAILABLE, "unloaded"
@@ -307,7 +291,7 @@ class ModelManager:
     async def poll_once(self) -> None:
         """Load new or changed models, unload removed ones. A repository that is missing or empty while
         models are loaded is taken for a volume being remounted: the cycle is skipped."""
-        on_disk = set(await asyncio.to_thread(repository_models, self.repo))
+        on_disk = set(await asyncio.to_thread(model_names, self.repo))
         if self._routes and not on_disk:
             state = "empty" if self.repo.is_dir() else "missing"
             log.warning(

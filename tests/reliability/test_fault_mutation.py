@@ -237,3 +237,25 @@ def test_bytes_that_do_not_parse_are_invalid_argument_and_log_nothing(raw_infer,
     log = shared_server.log()
     assert GRPC_TRACEBACK not in log and UNEXPECTED not in log, log[-3000:]
     assert_alive_and_correct(shared_server, reference)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/grpc.health.v1.Health/Check",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ModelReady",
+    ],
+)
+def test_health_requests_that_do_not_parse_are_invalid_argument_on_both_ports(method, shared_server):
+    for address in (shared_server.address, shared_server.health_address):
+        with grpc.insecure_channel(address) as channel:
+            call = channel.unary_unary(
+                method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\xff" * 10, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (address, info.value.details())
+            assert "the request's 10 bytes are not a valid" in info.value.details()
+    log = shared_server.log()
+    assert GRPC_TRACEBACK not in log and UNEXPECTED not in log, log[-3000:]
