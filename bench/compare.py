@@ -24,7 +24,8 @@ from rich.console import Console
 
 from bench import BenchContext
 from bench.serving import Endpoint, closed_loop, median_point, window_settings
-from harness.server import ROOT, ServerProcess, free_port, start_process, start_server
+from harness.ports import free_ports
+from harness.server import ROOT, ServerProcess, start_process, start_server
 
 
 def extract(ref: str, folder: Path) -> str:
@@ -46,7 +47,7 @@ def extract(ref: str, folder: Path) -> str:
 @contextlib.contextmanager
 def baseline_server(tree: Path, repo: Path, logs: Path) -> Iterator[ServerProcess]:
     """The earlier commit's ``python -m service`` on free ports (ready when its gRPC health says so)."""
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port = free_ports(2)
     cmd = [sys.executable, "-m", "service", "--repo", str(repo), "--host", "127.0.0.1"]
     cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
     server = start_process(

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,13 +15,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.ports import free_port, free_ports
+
+__all__ = ["ROOT", "ServerProcess", "free_port", "start_process", "start_server"]
+
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: servers start here
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -184,39 +182,46 @@ def start_server(
     the server is ready; "liveness": it is up) is SERVING on its health port. The HTTP port is a free one
     too, unless ARGS give ``--http-port`` (0: off); the metrics port likewise unless ARGS give
     ``--metrics-port``."""
-    grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
-    http_port = int(_flag_value(args, "--http-port") or free_port())
-    metrics_port = int(_flag_value(args, "--metrics-port") or metrics_port)
-    cmd = [
-        sys.executable,
-        "-m",
-        "service",
-        "--repo",
-        str(repo),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-        "--health-port",
-        str(health_port),
-        "--http-port",
-        str(http_port),
-        *args,
-    ]
-    scheme = "https" if "--tls-cert" in args else "http"
-    return start_process(
-        cmd,
-        f"127.0.0.1:{grpc_port}",
-        f"http://127.0.0.1:{metrics_port}/metrics",
-        Path(log_dir) / f"server-{grpc_port}.log",
-        env=env,
-        ready_timeout=ready_timeout,
-        ready_service=ready_service,
-        health_address=f"127.0.0.1:{health_port}",
-        http_url=f"{scheme}://127.0.0.1:{http_port}" if http_port else None,
-    )
+    for attempt in range(PORT_ATTEMPTS):
+        grpc_port, metrics_port, health_port, spare = free_ports(4)
+        http_port = int(_flag_value(args, "--http-port") or spare)
+        metrics_port = int(_flag_value(args, "--metrics-port") or metrics_port)
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            str(health_port),
+            "--http-port",
+            str(http_port),
+            *args,
+        ]
+        scheme = "https" if "--tls-cert" in args else "http"
+        try:
+            return start_process(
+                cmd,
+                f"127.0.0.1:{grpc_port}",
+                f"http://127.0.0.1:{metrics_port}/metrics",
+                Path(log_dir) / f"server-{grpc_port}.log",
+                env=env,
+                ready_timeout=ready_timeout,
+                ready_service=ready_service,
+                health_address=f"127.0.0.1:{health_port}",
+                http_url=f"{scheme}://127.0.0.1:{http_port}" if http_port else None,
+            )
+        except RuntimeError as e:
+            # Another process took a port between its pick and the server's bind: pick again.
+            if "(port in use?)" not in str(e) or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _flag_value(args: tuple[str, ...], flag: str) -> str | None:

@@ -7,7 +7,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,6 +14,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness.ports import free_port, free_ports  # noqa: F401 (the peers import them from here)
 
 LOG_TAIL_LINES = 40
 
@@ -33,13 +34,6 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` right now (the kernel's pick; another process may take it before use)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

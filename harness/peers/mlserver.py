@@ -25,6 +25,7 @@ from harness.peers.common import (
     PeerUnavailable,
     available_cpus,
     free_port,
+    free_ports,
     http_ok,
     launch,
 )
@@ -161,8 +162,8 @@ def start(
     root = Path(root).resolve()
     log_path = Path(log_path)
     for attempt in range(1, START_ATTEMPTS + 1):
-        http, grpc = free_port(), free_port()
-        metrics_port = free_port() if metrics else None
+        http, grpc, spare = free_ports(3)
+        metrics_port = spare if metrics else None
         settings = server_settings(
             root, http=http, grpc=grpc, metrics=metrics_port, parallel_workers=parallel_workers
         )

@@ -24,7 +24,7 @@ from harness.peers.common import (
     PeerServer,
     PeerUnavailable,
     available_cpus,
-    free_port,
+    free_ports,
     http_ok,
     launch,
 )
@@ -210,7 +210,7 @@ def start(
     repos = [repo_dirs] if isinstance(repo_dirs, (str, os.PathLike)) else list(repo_dirs)
     log_path = Path(log_path)
     for attempt in range(1, START_ATTEMPTS + 1):
-        http, grpc, metrics = free_port(), free_port(), free_port()
+        http, grpc, metrics = free_ports(3)
         cmd = [
             str(install.binary),
             *(f"--model-repository={Path(r).resolve()}" for r in repos),

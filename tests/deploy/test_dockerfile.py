@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.server import free_port, start_process
+from harness.ports import free_ports
+from harness.server import start_process
 from tests.deploy.deploy_contract import ROOT, Stage, parse_dockerfile, server_modules, server_settings
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
@@ -127,7 +128,7 @@ def test_cpu_image_entrypoint_and_healthcheck_run(dockerfile, lenet5_export, tmp
     sandbox) serves, HTTP too; its HEALTHCHECK command, run by a shell as Docker does, passes; SIGTERM
     exits 0."""
     stage = dockerfile[1]["cpu"]
-    grpc_port, metrics_port, health_port, http_port = free_port(), free_port(), free_port(), free_port()
+    grpc_port, metrics_port, health_port, http_port = free_ports(4)
     env = {
         **stage.env(),
         "SERVE_REPO": str(lenet5_export.repo),

@@ -151,7 +151,10 @@ def test_control_repository_config_errors_are_caught(triton_install, lenet5_expo
         "intact": lambda text: text,
         "bad_syntax": lambda text: text + "\nnot_a_field: 1\n",
         "bad_dims": lambda text: re.sub(r"dims: 32\b", "dims: -7", text, count=1),
-        "bad_batching": lambda text: text.replace("max_batch_size: 32", "max_batch_size: 2"),
+        # a preferred size over max_batch_size (the fitted config may have no preferred size of its own)
+        "bad_batching": lambda text: text.replace(
+            "dynamic_batching {", "dynamic_batching {\n  preferred_batch_size: 64", 1
+        ),
     }
     for name, edit in edits.items():
         shutil.copytree(source, repo / name)

@@ -19,7 +19,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from harness.server import ServerProcess, free_port, start_process
+from harness.ports import free_ports
+from harness.server import ServerProcess, start_process
 from modelrepo.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from protos import grpc_service_pb2 as pb
 from protos import health_pb2, health_pb2_grpc
@@ -224,7 +225,7 @@ def start_bound_server(
 ) -> ServerProcess:
     """``python -m service`` over ``repo`` on free ports, behind ``prefix``
     (:func:`without_file_override`)."""
-    grpc_port, metrics_port, health_port = free_port(), free_port(), free_port()
+    grpc_port, metrics_port, health_port = free_ports(3)
     cmd = [
         *prefix,
         sys.executable,

@@ -53,6 +53,7 @@ class Traffic:
         self.stop = threading.Event()
         self.limit_s = limit_s
         self.records: list[tuple[float, grpc.StatusCode, str]] = []
+        self.answers: list[tuple[float, float, str]] = []  # (sent, answered, version) of each OK
         self.wrong: list[str] = []
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
@@ -64,11 +65,14 @@ class Traffic:
                 request = pb.ModelInferRequest(model_name=self.model, model_version=self.version)
                 request.inputs.add(name="input", datatype="FP32", shape=data.shape)
                 request.raw_input_contents.append(data.tobytes())
+                sent = time.monotonic()
                 try:
                     response = client.infer_request(request, timeout=30)
                 except InferenceServerError as e:
                     self.records.append((time.monotonic(), e.code, e.details))
                     continue
+                answered = time.monotonic()
+                self.answers.append((sent, answered, response.model_version))
                 got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(2, 10)
                 expected = self.expect(response.model_version)(data)
                 if not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
@@ -90,6 +94,12 @@ class Traffic:
 
     def versions(self) -> list[str]:
         return [v for _, code, v in self.records if code == OK]
+
+    def sent_after_first(self, version: str) -> set[str]:
+        """The versions that answered requests sent after ``version`` first answered one. (Answers are
+        recorded after their check, so the order of ``records`` may swap two answers of that moment.)"""
+        first = min(answered for _, answered, v in self.answers if v == version)
+        return {v for sent, _, v in self.answers if sent > first}
 
 
 # ------------------------------------------------------------------------------------------ SIGTERM
@@ -206,9 +216,10 @@ def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers,
         wait_for(lambda: len(latest.records) > count + 20, 30, "traffic after the last change")
     assert latest.codes() == {OK}, [r for r in latest.records if r[1] != OK][:3]
     assert not latest.wrong and not pinned.wrong, (latest.wrong + pinned.wrong)[:3]
-    versions = latest.versions()
-    first = {v: versions.index(v) for v in "123"}
-    assert first["1"] < first["2"] < first["3"] and "1" not in versions[first["2"] :], "a version came back"
+    first = {v: min(answered for _, answered, version in latest.answers if version == v) for v in "123"}
+    assert first["1"] < first["2"] < first["3"]
+    assert "1" not in latest.sent_after_first("2"), "version 1 answered after version 2 took over"
+    assert latest.sent_after_first("3") == {"3"}, "an older version answered after version 3 took over"
     # pinned to version 1: answered by it until it was removed, then NOT_FOUND, never anything else
     assert pinned.codes() == {OK, NOT_FOUND}
     missing = [t for t, code, _ in pinned.records if code == NOT_FOUND]

@@ -1,0 +1,21 @@
+"""Free loopback ports for the servers that tests and benchmarks start."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import ExitStack
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` right now. Every socket stays bound until all are picked:
+    closed one by one, the kernel may hand out the same port twice. Another process may still take one
+    before the server binds it (see ``harness.server.start_server``, which retries)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
