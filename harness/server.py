@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,16 +178,18 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_timeout: float = 120,
     ready_service: str = "",
+    prefix: Sequence[str] = (),
 ) -> ServerProcess:
-    """``python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health ``ready_service`` ("":
-    the server is ready; "liveness": it is up) is SERVING on its health port. The HTTP port is a free one
-    too, unless ARGS give ``--http-port`` (0: off); the metrics port likewise unless ARGS give
-    ``--metrics-port``."""
+    """``[PREFIX] python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health
+    ``ready_service`` ("": the server is ready; "liveness": it is up) is SERVING on its health port. The
+    HTTP port is a free one too, unless ARGS give ``--http-port`` (0: off); the metrics port likewise unless
+    ARGS give ``--metrics-port``."""
     for attempt in range(PORT_ATTEMPTS):
         grpc_port, metrics_port, health_port, spare = free_ports(4)
         http_port = int(_flag_value(args, "--http-port") or spare)
         metrics_port = int(_flag_value(args, "--metrics-port") or metrics_port)
         cmd = [
+            *prefix,
             sys.executable,
             "-m",
             "service",

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -19,8 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from harness.ports import free_ports
-from harness.server import ServerProcess, start_process
+from harness.server import ServerProcess, start_server
 from modelrepo.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from protos import grpc_service_pb2 as pb
 from protos import health_pb2, health_pb2_grpc
@@ -225,33 +223,7 @@ def start_bound_server(
 ) -> ServerProcess:
     """``python -m service`` over ``repo`` on free ports, behind ``prefix``
     (:func:`without_file_override`)."""
-    grpc_port, metrics_port, health_port = free_ports(3)
-    cmd = [
-        *prefix,
-        sys.executable,
-        "-m",
-        "service",
-        "--repo",
-        str(repo),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-        "--health-port",
-        str(health_port),
-        *args,
-    ]
-    return start_process(
-        cmd,
-        f"127.0.0.1:{grpc_port}",
-        f"http://127.0.0.1:{metrics_port}/metrics",
-        Path(log_dir) / f"server-{grpc_port}.log",
-        ready_service=ready_service,
-        health_address=f"127.0.0.1:{health_port}",
-        ready_timeout=120,
-    )
+    return start_server(repo, log_dir, *args, prefix=prefix, ready_service=ready_service)
 
 
 def chmod_tree(path: Path, mode: int) -> None:
