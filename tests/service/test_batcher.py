@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.batching import BatchPolicy, DynamicBatcher
+from service.batching.batcher import TIMER_SLACK_NS
 from service.batching.policy import concat_rows, plan_batch, split_rows
 from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 
@@ -164,6 +165,39 @@ def test_max_queue_delay_gathers_a_batch_and_n_row_requests_count_as_n():
     assert sizes == [3, 2, 1]
     assert waited >= 0.19
     assert [f.shape[0] for f in full] == [4, 4]
+
+
+def test_the_last_stretch_of_a_delay_keeps_the_loop_turning():
+    """A delay under the timer margin is waited in short sleeps between turns of the loop: a request that
+    arrives during it joins the batch, and the loop thread's timer slack is tightened (Linux)."""
+
+    async def main():
+        instance = Recorder()
+        batcher = DynamicBatcher("m", [instance], policy(max_batch_size=8, delay=0.0015))
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(1, 0)))
+        started = time.monotonic()
+        while time.monotonic() - started < 0.0003:  # turns of the loop, as arriving requests would get
+            await asyncio.sleep(0)
+        second = await batcher.submit(rows(1, 1))
+        await first
+        await batcher.close()
+        return instance.batches, second, _timer_slack_ns()
+
+    batches, second, slack = run(main())
+    assert batches == [2]
+    np.testing.assert_array_equal(second, rows(1, 1) * 10)
+    if slack is not None:
+        assert slack == TIMER_SLACK_NS
+
+
+def _timer_slack_ns() -> int | None:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None).prctl(30, 0, 0, 0, 0)  # PR_GET_TIMERSLACK
 
 
 def test_bounded_queue_rejects_with_overloaded():
