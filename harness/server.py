@@ -147,7 +147,7 @@ def start_process(
             ready, _ = check(health_address or address, ready_service, timeout=1.0)
         else:
             ready = _server_ready(address)
-        if ready:
+        if ready and proc.poll() is None:  # (SERVING from another process that holds the port: ours exits)
             return server
         time.sleep(0.2)
     server.terminate()

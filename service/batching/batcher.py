@@ -14,6 +14,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,9 @@ PR_SET_TIMERSLACK, TIMER_SLACK_NS = 29, 1000  # Linux's default slack (50 µs) w
 def tighten_timer_slack() -> None:
     """Let the calling thread's sleeps end within about a microsecond of their time (Linux; elsewhere a
     no-op): the event loop's thread waits out queue delays in sleeps of SLEEP_SLICE."""
-    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no prctl here
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # a libc without prctl
+            ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0)
 
 
 class PendingRequest:
@@ -125,6 +127,7 @@ class DynamicBatcher:
         self._executors: list[ThreadPoolExecutor] = []
         self._closing = False
         self._failure: BaseException | None = None
+        self._waiter: asyncio.Task | None = None  # the task waiting out the last stretch of a delay
 
     # ------------------------------------------------------------ lifecycle
 
@@ -256,6 +259,10 @@ class DynamicBatcher:
                 rows, other_kind_waits = self._head_rows()
                 count = plan_batch(rows, self.policy, self._closing or now >= due or other_kind_waits)
                 if count:
+                    if self._waiter is asyncio.current_task():
+                        self._waiter = None
+                        if len(self._queue) > count:  # the rest: another idle instance waits it out
+                            self._arrived.set()
                     batch = []
                     for _ in range(count):
                         request = self._queue.popleft()
@@ -268,11 +275,17 @@ class DynamicBatcher:
                 return None
             self._arrived.clear()
             if timeout is None:
+                if self._waiter is asyncio.current_task():  # what it waited for left the queue
+                    self._waiter = None
                 await self._arrived.wait()
             elif timeout > TIMER_MARGIN:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), timeout - TIMER_MARGIN)
+            elif self._waiter is not None and self._waiter is not asyncio.current_task():
+                await self._arrived.wait()  # another instance's task waits out this stretch
             else:
+                # One task per batcher does this: each sleep holds up the whole event loop.
+                self._waiter = asyncio.current_task()
                 # The last stretch of a queue delay (see TIMER_MARGIN) is waited here, turning the loop
                 # between short sleeps, so that a delay of D µs costs D, not D + 1 ms. The sleeps release
                 # the GIL: a loop that only yielded would hold it, and grpc.aio's poller thread, which

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.batching import BatchPolicy, DynamicBatcher
+from service.batching import batcher as batcher_module
 from service.batching.batcher import TIMER_SLACK_NS
 from service.batching.policy import concat_rows, plan_batch, split_rows
 from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
@@ -167,28 +168,53 @@ def test_max_queue_delay_gathers_a_batch_and_n_row_requests_count_as_n():
     assert [f.shape[0] for f in full] == [4, 4]
 
 
-def test_the_last_stretch_of_a_delay_keeps_the_loop_turning():
-    """A delay under the timer margin is waited in short sleeps between turns of the loop: a request that
-    arrives during it joins the batch, and the loop thread's timer slack is tightened (Linux)."""
+def test_the_last_stretch_of_a_delay_keeps_the_loop_turning(monkeypatch):
+    """The last stretch of a delay (here all of it) is waited in short sleeps between turns of the loop:
+    other coroutines keep running, a request arriving meanwhile joins the batch, and the loop thread's
+    timer slack is tightened (Linux). One blocking sleep would give the loop a turn or two and two batches."""
+    monkeypatch.setattr(batcher_module, "TIMER_MARGIN", 0.05)
 
     async def main():
         instance = Recorder()
-        batcher = DynamicBatcher("m", [instance], policy(max_batch_size=8, delay=0.0015))
+        batcher = DynamicBatcher("m", [instance], policy(max_batch_size=8, delay=0.04))
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(rows(1, 0)))
-        started = time.monotonic()
-        while time.monotonic() - started < 0.0003:  # turns of the loop, as arriving requests would get
+        for _ in range(5):
             await asyncio.sleep(0)
-        second = await batcher.submit(rows(1, 1))
-        await first
+        second = asyncio.ensure_future(batcher.submit(rows(1, 1)))
+        turns = 0
+        while not first.done():
+            turns += 1
+            await asyncio.sleep(0)
         await batcher.close()
-        return instance.batches, second, _timer_slack_ns()
+        return instance.batches, await second, turns, _timer_slack_ns()
 
-    batches, second, slack = run(main())
+    batches, second, turns, slack = run(main())
     assert batches == [2]
     np.testing.assert_array_equal(second, rows(1, 1) * 10)
+    assert turns >= 10, turns  # 40 ms in slices of tens of µs: hundreds of turns
     if slack is not None:
         assert slack == TIMER_SLACK_NS
+
+
+def test_one_instance_waits_out_a_delay_and_hands_the_rest_on(monkeypatch):
+    """Two instances, a full batch and a leftover: the full batch goes at once, the leftover waits its
+    delay (one task sleeps; the other waits for news) and is answered."""
+    monkeypatch.setattr(batcher_module, "TIMER_MARGIN", 0.05)
+
+    async def main():
+        instance = Recorder(delay=0.001)
+        batcher = DynamicBatcher("m", [instance, instance], policy(max_batch_size=2, delay=0.03))
+        batcher.start()
+        outs = await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(3)))
+        later = await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(3, 6)))
+        await batcher.close()
+        return sorted(instance.batches), outs + later
+
+    batches, outs = run(main())
+    assert batches == [1, 1, 2, 2]
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, rows(1, i) * 10)
 
 
 def _timer_slack_ns() -> int | None:

@@ -112,7 +112,7 @@ def test_body_limit_without_content_length(locked):
     """A chunked body is counted as it arrives and refused once past the limit."""
     body, headers = binary_rows(4)
     connection = http.client.HTTPConnection("127.0.0.1", int(locked.http_url.rsplit(":", 1)[1]), timeout=10)
-    # The whole chunked body goes in the one write that carries the headers: sent chunk by chunk, the later
+    # The whole chunked body goes in one write (after the headers' own): sent chunk by chunk, the later
     # chunks can meet a socket the server has already closed after answering 413 (a broken pipe, not a bug).
     chunked = b"".join(
         b"%x\r\n%s\r\n" % (len(body[i : i + 1024]), body[i : i + 1024]) for i in range(0, len(body), 1024)
