@@ -5,6 +5,7 @@ Triton's HTTP front end answers), read from the health state without touching th
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from socketserver import ThreadingMixIn
@@ -14,6 +15,12 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 HealthProbe = Callable[[str], bool | None]  # path -> answer (None: not a health path)
 
+# A thread per connection, at most this many at once: past it a new connection is closed at once, so
+# that a flood of idle connections cannot grow the process by a thread each. Kubernetes probes go to
+# the health port, not here; scrapes and HTTP probes retry.
+MAX_CONNECTIONS = 256
+CONNECTION_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped (slowloris)
+
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
@@ -22,8 +29,35 @@ class _Server(ThreadingMixIn, WSGIServer):
     # flood) the kernel drops the next SYN, and a probe's connection waits a second for its resend.
     request_queue_size = socket.SOMAXCONN
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing else will give the slot back
+            self._slots.release()
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (TimeoutError, ConnectionError)):
+            return  # a client that sent nothing in time, or went away: nothing to report
+        super().handle_error(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT_S
+
     def log_message(self, format: str, *args) -> None:
         pass
 
