@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import BenchContext
-from bench.serving import Endpoint, closed_loop, median_point, window_settings
+from bench.serving import Endpoint, closed_loop, exported_repository, median_point, window_settings
 from harness.ports import free_ports
 from harness.server import ROOT, ServerProcess, start_process, start_server
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     described = extract(args.ref, args.work / "baseline")
-    repo = _repository(ctx, models)
+    repo = exported_repository(ctx, models, "repo")
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     measured: dict[str, list[dict]] = {}
@@ -106,17 +106,6 @@ def start_server_ctx(repo: Path, logs: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.terminate()
-
-
-def _repository(ctx: BenchContext, models: list[str]) -> Path:
-    from export import export_model
-
-    repo = ctx.work_dir / "repo"
-    for model in models:
-        if not (repo / model).is_dir():
-            with ctx.console.status(f"python -m export {model} (random weights)"):
-                export_model(model, repo=repo, tensorrt="off", eval_samples=8)
-    return repo
 
 
 def _report(console, described, measured, models, concurrencies, json_path) -> None:

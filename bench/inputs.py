@@ -11,7 +11,7 @@ import numpy as np
 
 from bench import BenchContext, SectionResult, register_section
 from bench.charts import bar_chart
-from bench.serving import Endpoint, closed_loop, median_point, window_settings
+from bench.serving import Endpoint, closed_loop, exported_repository, median_point, window_settings
 
 MODEL = "resnet18"
 CONCURRENCY = 8
@@ -37,13 +37,9 @@ def _jpegs(ctx: BenchContext, count: int = 16):
 
 @register_section("inputs", f"{MODEL} at c={CONCURRENCY}: FP32 input vs UINT8 pixels vs JPEG image")
 def inputs(ctx: BenchContext) -> SectionResult:
-    from export import export_model
     from harness.server import start_server
 
-    repo = ctx.work_dir / "inputs-repo"
-    if not (repo / MODEL).is_dir():
-        with ctx.console.status(f"python -m export {MODEL} (random weights)"):
-            export_model(MODEL, repo=repo, tensorrt="off", eval_samples=8)
+    repo = exported_repository(ctx, [MODEL], "inputs-repo")
     payloads = {
         "input (FP32)": {"input_name": "input"},
         "pixels (UINT8)": {"input_name": "pixels"},

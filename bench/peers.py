@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import BenchContext, SectionResult, register_section
 from bench.charts import grouped_bars
 from bench.report import update_benchmarks_block
-from bench.serving import Endpoint, closed_loop, median_point, window_settings
+from bench.serving import Endpoint, closed_loop, exported_repository, median_point, window_settings
 
 MODELS = ("lenet5", "resnet18")
 CONCURRENCIES = (1, 8)
@@ -32,19 +32,6 @@ GOALS = {
     ("resnet18", 1, TRITON): 1.0,
     ("resnet18", 8, TRITON): 1.0,
 }
-
-
-def _export(ctx: BenchContext) -> Path:
-    """lenet5 and resnet18 (random weights: speed does not depend on them) as ``python -m export`` writes
-    them, batching config included."""
-    from export import export_model
-
-    repo = ctx.work_dir / "peers-repo"
-    for model in MODELS:
-        if not (repo / model).is_dir():
-            with ctx.console.status(f"python -m export {model} (random weights)"):
-                export_model(model, repo=repo, tensorrt="off", eval_samples=8)
-    return repo
 
 
 @contextlib.contextmanager
@@ -115,7 +102,7 @@ def _verdicts(rates: dict[str, float]) -> dict[str, str]:
 def peers(ctx: BenchContext) -> SectionResult:
     rounds = 1 if ctx.quick else 3
     notes: list[str] = []
-    repo = _export(ctx)
+    repo = exported_repository(ctx, MODELS, "peers-repo")
     measured: dict[str, list[dict]] = {}
     with _servers(ctx, repo, notes) as servers:
         jobs = [

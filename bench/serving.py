@@ -85,6 +85,19 @@ def repository(ctx: BenchContext, models: list[str], fmt: str = "onnx") -> Path:
     return repo
 
 
+def exported_repository(ctx: BenchContext, models: list[str] | tuple[str, ...], folder: str) -> Path:
+    """``<work>/<folder>`` with each model as ``python -m export`` writes it by default (batching config
+    included; random weights: speed does not depend on them), exported once per work folder."""
+    from export import export_model
+
+    repo = ctx.work_dir / folder
+    for model in models:
+        if not (repo / model).is_dir():
+            with ctx.console.status(f"python -m export {model} (random weights)"):
+                export_model(model, repo=repo, tensorrt="off", eval_samples=8)
+    return repo
+
+
 @dataclass(frozen=True)
 class RunningServer:
     url: str

@@ -7,9 +7,6 @@ compared here with onnxruntime on the same data."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +14,7 @@ import pytest
 
 from modelrepo.preprocess import preprocess_bytes
 from models.lenet import DIGITS_INPUT
+from tests.service.client_script import run_client_script
 
 TRITON_HTTP_CLIENT_SCRIPT = r"""
 import json, sys
@@ -102,20 +100,9 @@ pytestmark = pytest.mark.skipif(
 def triton_http(server, digit_png, tmp_path_factory):
     """Run the tritonclient.http script once; returns (its JSON, the folder with its inputs and outputs)."""
     folder = tmp_path_factory.mktemp("tritonclient_http")
-    np.save(folder / "x.npy", np.random.default_rng(11).uniform(-1, 1, (4, 1, 32, 32)).astype(np.float32))
-    for i in range(2):
-        (folder / f"{i}.png").write_bytes(digit_png(50 + i))
-    (folder / "client.py").write_text(TRITON_HTTP_CLIENT_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(folder / "client.py"), server.http_url.removeprefix("http://"), str(folder)],
-        cwd=folder,  # not the repository root: our `protos` package is not importable there
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), folder
+    url = server.http_url.removeprefix("http://")
+    out = run_client_script(TRITON_HTTP_CLIENT_SCRIPT, url, folder, digit_png, rows=4, x_seed=11, png_seed=50)
+    return out, folder
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,7 @@ its answers come back as JSON and .npy files, compared here with onnxruntime on 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +16,7 @@ import pytest
 
 from modelrepo.preprocess import preprocess_bytes
 from models.lenet import DIGITS_INPUT
+from tests.service.client_script import run_client_script
 
 TRITON_CLIENT_SCRIPT = r"""
 import json, sys
@@ -83,20 +81,9 @@ pytestmark = pytest.mark.skipif(
 def triton_session(server, artifacts, digit_png, tmp_path_factory):
     """Run the tritonclient script once; returns (its JSON, the folder with its inputs and outputs)."""
     folder = tmp_path_factory.mktemp("tritonclient")
-    np.save(folder / "x.npy", np.random.default_rng(7).uniform(-1, 1, (5, 1, 32, 32)).astype(np.float32))
-    for i in range(2):
-        (folder / f"{i}.png").write_bytes(digit_png(30 + i))
-    (folder / "client.py").write_text(TRITON_CLIENT_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(folder / "client.py"), server.address, str(folder)],
-        cwd=folder,  # not the repository root: our `protos` package is not importable there
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), folder
+    script = TRITON_CLIENT_SCRIPT
+    out = run_client_script(script, server.address, folder, digit_png, rows=5, x_seed=7, png_seed=30)
+    return out, folder
 
 
 def reference(artifacts, x: np.ndarray) -> np.ndarray:
