@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,19 @@ class ServerProcess:
     ) -> HttpAnswer:
         """One request to the HTTP port on a connection of its own (a dict body is sent as JSON)."""
         return http_request(self.http_url, method, path, body, headers, context=context, timeout=timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples called ``name`` on the metrics port whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM, wait (kill after ``timeout`` s); returns the exit code."""

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 INFER = "/v2/models/lenet5/infer"
 HEADER = "Inference-Header-Content-Length"
@@ -339,7 +337,7 @@ def test_full_queue_is_429(server):
             for _ in range(2)
         ]
         model = {"model": "lenet5_tiny_queue"}
-        wait_for(lambda: metric(server, "cnnserve_queue_depth", **model) == 2, "two requests in the queue")
+        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 2, "two requests in the queue")
         answer = server.http("POST", "/v2/models/lenet5_tiny_queue/infer", infer_body())
         assert answer.status == 429, answer.body
         assert (
@@ -349,32 +347,21 @@ def test_full_queue_is_429(server):
         assert [f.result().status for f in waiting] == [200, 200]
 
 
-def metric(server, name: str, **labels) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_a_client_that_disconnects_cancels_its_request(server):
     """As a cancelled RPC on gRPC: the request leaves the batcher queue unanswered and counts as cancelled
     (lenet5_tiny_queue waits 1 s for a batch)."""
     model = {"model": "lenet5_tiny_queue"}
     cancelled = {**model, "protocol": "http", "outcome": "cancelled"}
-    before = metric(server, "cnnserve_requests_total", **cancelled)
+    before = server.metric("cnnserve_requests_total", **cancelled)
     executions = server.http("GET", "/v2/models/lenet5_tiny_queue/stats").json()["model_stats"][0]
     body = json.dumps(infer_body()).encode()
     port = int(server.http_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         head = f"POST /v2/models/lenet5_tiny_queue/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n"
         connection.sendall(head.encode() + body)
-        wait_for(lambda: metric(server, "cnnserve_queue_depth", **model) == 1, "the request in the queue")
-    wait_for(lambda: metric(server, "cnnserve_requests_total", **cancelled) == before + 1, "the cancellation")
-    assert metric(server, "cnnserve_queue_depth", **model) == 0
+        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 1, "the request in the queue")
+    wait_for(lambda: server.metric("cnnserve_requests_total", **cancelled) == before + 1, "the cancellation")
+    assert server.metric("cnnserve_queue_depth", **model) == 0
     after = server.http("GET", "/v2/models/lenet5_tiny_queue/stats").json()["model_stats"][0]
     assert after["execution_count"] == executions["execution_count"]  # nothing was computed
 

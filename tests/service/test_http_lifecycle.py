@@ -9,11 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.server import ROOT, free_port
 
@@ -29,17 +27,6 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def sample(metrics_url: str, name: str, **labels) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
     repo = tmp_path / "repo"
     lenet_copy(repo, "lenet5_slow", max_batch_size=8, max_queue_delay_microseconds=3_000_000)
@@ -48,7 +35,7 @@ def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
     with ThreadPoolExecutor(3) as pool:
         in_flight = [pool.submit(server.http, "POST", infer, {"inputs": [ROW]}) for _ in range(3)]
         wait_for(
-            lambda: sample(server.metrics_url, "cnnserve_queue_depth", model="lenet5_slow") == 3,
+            lambda: server.metric("cnnserve_queue_depth", model="lenet5_slow") == 3,
             what="three requests in the batcher queue",
         )
         server.proc.send_signal(signal.SIGTERM)
@@ -87,13 +74,9 @@ def test_explicit_model_control_over_http_with_metrics_on_the_http_port(model_re
     assert (loaded.status, loaded.body) == (200, b"")
     assert index()["lenet5"] == "READY"
     assert server.http("GET", "/v2/models/lenet5/ready").status == 200
-    before = sample(
-        server.metrics_url, "cnnserve_requests_total", model="lenet5", protocol="http", outcome="success"
-    )
+    before = server.metric("cnnserve_requests_total", model="lenet5", protocol="http", outcome="success")
     assert server.http("POST", "/v2/models/lenet5/infer", {"inputs": [ROW]}).status == 200
-    after = sample(
-        server.metrics_url, "cnnserve_requests_total", model="lenet5", protocol="http", outcome="success"
-    )
+    after = server.metric("cnnserve_requests_total", model="lenet5", protocol="http", outcome="success")
     assert after - before == 1
     metrics = server.http("GET", "/metrics")
     assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")

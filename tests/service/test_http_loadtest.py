@@ -4,29 +4,13 @@ request it sends succeeds, and the server's metrics count exactly those, labelle
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import cli
 
 FAST = "--window 0.3 --windows 2 --warmup 0.1 --duration 1 --stability 0.5 --quiet"
-
-
-def counted(metrics_url: str, model: str, protocol: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "cnnserve_requests_total"
-        and s.labels["model"] == model
-        and s.labels["protocol"] == protocol
-        and s.labels["outcome"] == "success"
-    )
 
 
 @pytest.mark.parametrize(
@@ -39,8 +23,11 @@ def test_loadtest_over_http(server, tmp_path, digit_png, model, options):
     images.mkdir()
     for i in range(3):
         (images / f"{i}.png").write_bytes(digit_png(60 + i))
-    before_http = counted(server.metrics_url, model, "http")
-    before_grpc = counted(server.metrics_url, model, "grpc")
+
+    def counted(protocol: str) -> float:
+        return server.metric("cnnserve_requests_total", model=model, protocol=protocol, outcome="success")
+
+    before_http, before_grpc = counted("http"), counted("grpc")
     out = tmp_path / "r.json"
     args = f"--url {server.http_url} --protocol http --model {model} --concurrency 1,4 {FAST}"
     args += " " + options.format(images=images)
@@ -48,5 +35,5 @@ def test_loadtest_over_http(server, tmp_path, digit_png, model, options):
     steps = json.loads(Path(out).read_text())["steps"]
     sent = sum(step["totals"]["sent"] for step in steps)
     assert sent > 0 and sent == sum(step["totals"]["ok"] for step in steps)
-    assert counted(server.metrics_url, model, "http") - before_http == sent
-    assert counted(server.metrics_url, model, "grpc") == before_grpc
+    assert counted("http") - before_http == sent
+    assert counted("grpc") == before_grpc
