@@ -35,14 +35,37 @@ class Endpoint:
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process, all its threads (Linux /proc; None elsewhere)."""
+    """User + system CPU seconds of a process and its descendants, all threads (Linux /proc; None
+    elsewhere). Descendants count because some servers run the model in another process (Triton's Python
+    backend stub, MLServer's workers)."""
     if pid is None:
         return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+    stats = _proc_stats()
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats[current][1]
+        todo += children.get(current, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system clock ticks) of every process /proc shows."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return out
 
 
 def repository(ctx: BenchContext, models: list[str], fmt: str = "onnx") -> Path:

@@ -4,8 +4,10 @@ runs of the client, delay and protocols sections (real servers on free 127.0.0.1
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -57,16 +59,61 @@ def test_peer_ratios_pair_each_round_with_the_peer_beside_it():
 
     # the machine halves its speed in round 2: per-round pairs cancel that out
     measured = {
-        "cnnserve|lenet5|1": [point(1100), point(550), point(1100)],
-        "triton|lenet5|1": [point(1000), point(500), point(1100)],
-        "do-nothing|lenet5|1": [point(2200), point(1100), point(2000)],
-        "triton|resnet18|8": [point(40)],
+        "cnnserve|lenet5|grpc|1": [point(1100), point(550), point(1100)],
+        "triton|lenet5|grpc|1": [point(1000), point(500), point(1100)],
+        "do-nothing|lenet5|grpc|1": [point(2200), point(1100), point(2000)],
+        "triton|lenet5|http|1": [point(500), point(500), point(500)],  # no cnnserve point to pair with
+        "cnnserve|lenet5|http|8": [point(900)],
+        "triton|lenet5|http|8": [point(1000)],
+        "triton|resnet18|grpc|8": [point(40)],
     }
     ratios = peer_ratios(measured, "images_per_s")
-    assert ratios == {"lenet5@c1 vs triton": 1.1, "lenet5@c1 vs do-nothing": 0.5}
+    assert ratios == {
+        "lenet5@c1 grpc vs triton": 1.1,
+        "lenet5@c1 grpc vs do-nothing": 0.5,
+        "lenet5@c8 http vs triton": 0.9,
+    }
     verdicts = peer_verdicts(ratios)
-    assert verdicts["lenet5 c=1: ours / triton >= 1.1"] == "1.10: met"
-    assert verdicts["resnet18 c=8: ours / triton >= 1.0"] == "not measured"
+    assert verdicts["lenet5 c=1 grpc: ours / triton >= 1.1"] == "1.10: met"
+    assert verdicts["lenet5 c=8 http: ours / triton >= 1.1"] == "0.90: NOT met"
+    assert verdicts["lenet5 c=1 http: ours / triton >= 1.1"] == "not measured"
+    assert verdicts["resnet18 c=8 grpc: ours / triton >= 1.0"] == "not measured"
+
+
+def test_server_cpu_counts_the_processes_a_server_starts(tmp_path):
+    """Triton runs a Python model in a stub process of its own: its CPU is the server's too."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.serving import process_cpu_seconds
+
+    done = tmp_path / "burnt"
+    child = (
+        "import time, pathlib\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.4: pass\n"
+        f"pathlib.Path({str(done)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists()
+        own = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+        own_seconds = (int(own[11]) + int(own[12])) / os.sysconf("SC_CLK_TCK")
+        assert own_seconds < 0.3
+        assert process_cpu_seconds(process.pid) >= own_seconds + 0.35
+    finally:
+        subprocess.run(["pkill", "-P", str(process.pid)], check=False)
+        process.kill()
+        process.wait()
+    assert process_cpu_seconds(None) is None
 
 
 def test_benchmarks_block_is_replaced_in_place(tmp_path):
