@@ -45,16 +45,20 @@ def extract(ref: str, folder: Path) -> str:
 
 
 @contextlib.contextmanager
-def baseline_server(tree: Path, repo: Path, logs: Path) -> Iterator[ServerProcess]:
-    """The earlier commit's ``python -m service`` on free ports (ready when its gRPC health says so)."""
-    grpc_port, metrics_port = free_ports(2)
+def baseline_server(tree: Path, repo: Path, logs: Path, http: bool = False) -> Iterator[ServerProcess]:
+    """The earlier commit's ``python -m service`` on free ports (ready when its gRPC health says so); its
+    HTTP port only where asked for (older servers have none)."""
+    grpc_port, metrics_port, http_port = free_ports(3)
     cmd = [sys.executable, "-m", "service", "--repo", str(repo), "--host", "127.0.0.1"]
     cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+    if http:
+        cmd += ["--http-port", str(http_port)]
     server = start_process(
         cmd,
         f"127.0.0.1:{grpc_port}",
         f"http://127.0.0.1:{metrics_port}/metrics",
         logs / f"baseline-{grpc_port}.log",
+        http_url=f"http://127.0.0.1:{http_port}" if http else None,
         env={"PYTHONPATH": str(tree)},
         cwd=tree,
     )
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ref", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--models", default="lenet5", help="comma-separated registry names")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated concurrencies")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-compare")
     parser.add_argument("--json", type=Path, help="write every point here")
@@ -82,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     measured: dict[str, list[dict]] = {}
-    with baseline_server(args.work / "baseline", repo, logs) as before, start_server_ctx(repo, logs) as after:
+    http = args.protocol == "http"
+    with (
+        baseline_server(args.work / "baseline", repo, logs, http=http) as before,
+        start_server_ctx(repo, logs) as after,
+    ):
         servers = {"before": before, "after": after}
         for r in range(args.rounds):
             order = list(servers) if r % 2 == 0 else list(reversed(servers))
@@ -91,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 for c in concurrencies:
                     for label in order:
                         server = servers[label]
-                        endpoint = Endpoint(label, server.address, model, server.proc.pid, None)
+                        url = server.address if args.protocol == "grpc" else server.http_url
+                        endpoint = Endpoint(label, url, model, server.proc.pid, None)
                         measured.setdefault(f"{label}|{model}|{c}", []).append(
-                            closed_loop(ctx, endpoint, c, **timing)
+                            closed_loop(ctx, endpoint, c, protocol=args.protocol, **timing)
                         )
     _report(console, described, measured, models, concurrencies, args.json)
     return 0
