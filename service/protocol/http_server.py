@@ -211,9 +211,14 @@ class HttpFrontEnd:
 
     async def _infer_while_connected(self, request: Request, plain: InferRequest) -> InferResponse:
         """The data plane's answer; a client that disconnects first cancels its request, as a cancelled
-        RPC does on gRPC (it leaves the batcher queue and counts as ``cancelled``)."""
+        RPC does on gRPC (it leaves the batcher queue and counts as ``cancelled``).
+
+        The watcher starts only once the request has had to wait: most small requests are answered without
+        suspending, and for them a task of its own would cost more than the rest of the request."""
         task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
         gone = False
+        watcher: asyncio.Task | None = None
 
         async def watch() -> None:
             nonlocal gone
@@ -222,7 +227,11 @@ class HttpFrontEnd:
                 gone = True
                 task.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        starting = loop.call_soon(start_watching)  # runs only if the data plane suspends
         try:
             return await self.plane.infer(plain)
         except asyncio.CancelledError:
@@ -232,7 +241,9 @@ class HttpFrontEnd:
                 task.uncancel()
             raise Cancelled("the client disconnected before its answer was ready") from None
         finally:
-            watcher.cancel()
+            starting.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     # -------------------------------------------------------------- health, from HealthState only
 
