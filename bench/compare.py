@@ -28,20 +28,30 @@ from harness.ports import free_ports
 from harness.server import ROOT, ServerProcess, start_process, start_server
 
 
-def extract(ref: str, folder: Path) -> str:
-    """The tree of ``ref`` in ``folder`` (once); returns the commit's short hash and subject."""
-    description = subprocess.run(
-        ["git", "log", "-1", "--format=%h %s", ref], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
+def extract(ref: str, work: Path) -> tuple[Path, str]:
+    """The tree of ``ref`` in a folder of ``work`` named by its commit (extracted once per commit); returns
+    the folder and the commit's short hash and subject."""
+    commit, _, description = (
+        subprocess.run(
+            ["git", "log", "-1", "--format=%H %h %s", ref],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .partition(" ")
+    )
+    folder = work / f"baseline-{commit[:12]}"
     if not (folder / "service").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
         with tempfile.TemporaryFile() as f:
             f.write(archive)
             f.seek(0)
             with tarfile.open(fileobj=f) as tar:
                 tar.extractall(folder, filter="data")
-    return description
+    return folder, description
 
 
 @contextlib.contextmanager
@@ -77,19 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-compare")
     parser.add_argument("--json", type=Path, help="write every point here")
+    parser.add_argument("--quick", action="store_true", help="short windows: a smoke run, not figures")
     args = parser.parse_args(argv)
     console = Console()
-    ctx = BenchContext(out_dir=args.work, quick=False, console=console, work_dir=args.work)
+    ctx = BenchContext(out_dir=args.work, quick=args.quick, console=console, work_dir=args.work)
     models = [m for m in args.models.split(",") if m]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    described = extract(args.ref, args.work / "baseline")
+    tree, described = extract(args.ref, args.work)
     repo = exported_repository(ctx, models, "repo")
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     measured: dict[str, list[dict]] = {}
     http = args.protocol == "http"
     with (
-        baseline_server(args.work / "baseline", repo, logs, http=http) as before,
+        baseline_server(tree, repo, logs, http=http) as before,
         start_server_ctx(repo, logs) as after,
     ):
         servers = {"before": before, "after": after}

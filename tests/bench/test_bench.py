@@ -116,6 +116,26 @@ def test_server_cpu_counts_the_processes_a_server_starts(tmp_path):
     assert process_cpu_seconds(None) is None
 
 
+def test_compare_measures_an_earlier_commit_against_this_checkout(tmp_path):
+    """``python -m bench.compare`` over HTTP, one short round against HEAD: both servers answer every
+    request and every point carries its rate and the server's CPU."""
+    import subprocess
+
+    from bench.compare import main as compare_main
+    from harness.server import ROOT
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("bench.compare needs a git checkout (it extracts the earlier server with git archive)")
+    out = tmp_path / "points.json"
+    argv = ["--ref", "HEAD", "--rounds", "1", "--concurrency", "1", "--protocol", "http", "--quick"]
+    assert compare_main([*argv, "--work", str(tmp_path), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["points"]) == {"before|lenet5|1", "after|lenet5|1"}
+    for [point] in report["points"].values():
+        assert point["requests_per_s"] > 0 and point["errors"] == 0
+        assert point["server_cpu_us_per_request"] > 0
+
+
 def test_benchmarks_block_is_replaced_in_place(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nintro\n")
