@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,14 +44,19 @@ def extract(ref: str, work: Path) -> tuple[Path, str]:
         .partition(" ")
     )
     folder = work / f"baseline-{commit[:12]}"
-    if not (folder / "service").is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        work.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
-        with tempfile.TemporaryFile() as f:
-            f.write(archive)
-            f.seek(0)
-            with tarfile.open(fileobj=f) as tar:
-                tar.extractall(folder, filter="data")
+        partial = Path(tempfile.mkdtemp(dir=work, prefix=".partial-"))
+        try:
+            with tempfile.TemporaryFile() as f:
+                f.write(archive)
+                f.seek(0)
+                with tarfile.open(fileobj=f) as tar:
+                    tar.extractall(partial, filter="data")
+            partial.rename(folder)  # whole or not at all: an interrupted run leaves no half tree behind
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return folder, description
 
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         measured.setdefault(f"{label}|{model}|{c}", []).append(
                             closed_loop(ctx, endpoint, c, protocol=args.protocol, **timing)
                         )
-    _report(console, described, measured, models, concurrencies, args.json)
+    _report(console, described, measured, models, concurrencies, args.json, args.protocol)
     return 0
 
 
@@ -129,8 +135,8 @@ def start_server_ctx(repo: Path, logs: Path) -> Iterator[ServerProcess]:
         server.terminate()
 
 
-def _report(console, described, measured, models, concurrencies, json_path) -> None:
-    console.print(f"before: {described}; after: this checkout", highlight=False)
+def _report(console, described, measured, models, concurrencies, json_path, protocol) -> None:
+    console.print(f"before: {described}; after: this checkout; over {protocol}", highlight=False)
     for model in models:
         for c in concurrencies:
             before, after = measured[f"before|{model}|{c}"], measured[f"after|{model}|{c}"]
@@ -146,7 +152,9 @@ def _report(console, described, measured, models, concurrencies, json_path) -> N
                 highlight=False,
             )
     if json_path is not None:
-        json_path.write_text(json.dumps({"before": described, "points": measured}, indent=2) + "\n")
+        json_path.write_text(
+            json.dumps({"before": described, "protocol": protocol, "points": measured}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

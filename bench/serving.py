@@ -35,9 +35,10 @@ class Endpoint:
 
 
 def process_cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process and its descendants, all threads (Linux /proc; None
-    elsewhere). Descendants count because some servers run the model in another process (Triton's Python
-    backend stub, MLServer's workers)."""
+    """User + system CPU seconds of a process and its descendants, all threads, the children they have
+    reaped included (Linux /proc; None elsewhere). Descendants count because some servers run the model in
+    another process (Triton's Python backend stub, MLServer's workers); a child's time moves into its
+    parent's when it exits, so the sum does not drop."""
     if pid is None:
         return None
     stats = _proc_stats()
@@ -46,16 +47,20 @@ def process_cpu_seconds(pid: int | None) -> float | None:
     children: dict[int, list[int]] = {}
     for child, (parent, _) in stats.items():
         children.setdefault(parent, []).append(child)
-    total, todo = 0.0, [pid]
+    total, todo, seen = 0, [pid], {pid}
     while todo:
         current = todo.pop()
         total += stats[current][1]
-        todo += children.get(current, [])
+        for child in children.get(current, []):
+            if child not in seen:  # a pid reused while /proc was read could make a cycle
+                seen.add(child)
+                todo.append(child)
     return total / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_stats() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, user + system clock ticks) of every process /proc shows."""
+    """pid -> (parent pid, user + system clock ticks, its own and its reaped children's) of every process
+    /proc shows."""
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -64,7 +69,7 @@ def _proc_stats() -> dict[int, tuple[int, int]]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
-        out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        out[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_server_cpu_counts_the_processes_a_server_starts(tmp_path):
     parent = (
         f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
     )
-    process = subprocess.Popen([sys.executable, "-c", parent])
+    process = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:
@@ -110,8 +111,7 @@ def test_server_cpu_counts_the_processes_a_server_starts(tmp_path):
         assert own_seconds < 0.3
         assert process_cpu_seconds(process.pid) >= own_seconds + 0.35
     finally:
-        subprocess.run(["pkill", "-P", str(process.pid)], check=False)
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)  # the parent and the child it started
         process.wait()
     assert process_cpu_seconds(None) is None
 
@@ -130,10 +130,35 @@ def test_compare_measures_an_earlier_commit_against_this_checkout(tmp_path):
     argv = ["--ref", "HEAD", "--rounds", "1", "--concurrency", "1", "--protocol", "http", "--quick"]
     assert compare_main([*argv, "--work", str(tmp_path), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["protocol"] == "http"
     assert set(report["points"]) == {"before|lenet5|1", "after|lenet5|1"}
     for [point] in report["points"].values():
         assert point["requests_per_s"] > 0 and point["errors"] == 0
         assert point["server_cpu_us_per_request"] > 0
+
+
+def test_compare_extracts_each_commit_into_a_folder_of_its_own(tmp_path):
+    """Two refs, two trees: a second comparison against another commit must not reuse the first one's."""
+    import subprocess
+
+    from bench.compare import extract
+    from harness.server import ROOT
+
+    def commit(ref: str) -> str | None:
+        found = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    if commit("HEAD~1") is None:
+        pytest.skip("needs a git checkout with at least two commits")
+    head, head_description = extract("HEAD", tmp_path)
+    parent, _ = extract("HEAD~1", tmp_path)
+    assert head.name == f"baseline-{commit('HEAD')[:12]}"
+    assert parent.name == f"baseline-{commit('HEAD~1')[:12]}"
+    assert (head / "service" / "__main__.py").is_file() and (parent / "service" / "__main__.py").is_file()
+    short = head_description.split()[0]
+    assert commit("HEAD").startswith(short)
+    assert extract("HEAD", tmp_path)[0] == head  # extracted once
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
 
 
 def test_benchmarks_block_is_replaced_in_place(tmp_path):
