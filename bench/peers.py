@@ -126,7 +126,7 @@ def _cell(point: dict | None) -> str:
 
 
 @register_section(
-    "peers", "cnnserve vs Triton 2.51, MLServer 1.7.1 and the do-nothing server: lenet5, resnet18"
+    "peers", "cnnserve vs Triton 2.51, MLServer 1.7.1, the do-nothing server: lenet5 (gRPC, HTTP), resnet18"
 )
 def peers(ctx: BenchContext) -> SectionResult:
     rounds = 1 if ctx.quick else 3
