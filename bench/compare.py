@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c in concurrencies:
                     for label in order:
                         server = servers[label]
-                        url = server.address if args.protocol == "grpc" else server.http_url
+                        url = server.http_url if http else server.address
                         endpoint = Endpoint(label, url, model, server.proc.pid, None)
                         measured.setdefault(f"{label}|{model}|{c}", []).append(
                             closed_loop(ctx, endpoint, c, protocol=args.protocol, **timing)

@@ -116,15 +116,22 @@ def test_server_cpu_counts_the_processes_a_server_starts(tmp_path):
     assert process_cpu_seconds(None) is None
 
 
+def git_commit(ref: str) -> str | None:
+    """The commit ``ref`` names in this checkout; None where there is none (or no git checkout)."""
+    import subprocess
+
+    from harness.server import ROOT
+
+    found = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def test_compare_measures_an_earlier_commit_against_this_checkout(tmp_path):
     """``python -m bench.compare`` over HTTP, one short round against HEAD: both servers answer every
     request and every point carries its rate and the server's CPU."""
-    import subprocess
-
     from bench.compare import main as compare_main
-    from harness.server import ROOT
 
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+    if git_commit("HEAD") is None:
         pytest.skip("bench.compare needs a git checkout (it extracts the earlier server with git archive)")
     out = tmp_path / "points.json"
     argv = ["--ref", "HEAD", "--rounds", "1", "--concurrency", "1", "--protocol", "http", "--quick"]
@@ -139,24 +146,17 @@ def test_compare_measures_an_earlier_commit_against_this_checkout(tmp_path):
 
 def test_compare_extracts_each_commit_into_a_folder_of_its_own(tmp_path):
     """Two refs, two trees: a second comparison against another commit must not reuse the first one's."""
-    import subprocess
-
     from bench.compare import extract
-    from harness.server import ROOT
 
-    def commit(ref: str) -> str | None:
-        found = subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True)
-        return found.stdout.strip() if found.returncode == 0 else None
-
-    if commit("HEAD~1") is None:
+    if git_commit("HEAD~1") is None:
         pytest.skip("needs a git checkout with at least two commits")
     head, head_description = extract("HEAD", tmp_path)
     parent, _ = extract("HEAD~1", tmp_path)
-    assert head.name == f"baseline-{commit('HEAD')[:12]}"
-    assert parent.name == f"baseline-{commit('HEAD~1')[:12]}"
+    assert head.name == f"baseline-{git_commit('HEAD')[:12]}"
+    assert parent.name == f"baseline-{git_commit('HEAD~1')[:12]}"
     assert (head / "service" / "__main__.py").is_file() and (parent / "service" / "__main__.py").is_file()
     short = head_description.split()[0]
-    assert commit("HEAD").startswith(short)
+    assert git_commit("HEAD").startswith(short)
     assert extract("HEAD", tmp_path)[0] == head  # extracted once
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
 
