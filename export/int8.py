@@ -1,12 +1,20 @@
 """Explicit INT8 quantization: a Q/DQ ONNX model calibrated with onnxruntime.quantization.
 
-Weights are always per-channel symmetric INT8. Activations come in two flavours:
+Weights are per-channel symmetric INT8. Two models come out of it:
 
-- ``uint8`` (asymmetric, U8S8): the served ONNX model. onnxruntime's x86 kernels multiply u8 by s8
-  natively; on this project's CPU it ran ResNet-50 3.6x faster than S8S8 (BENCHMARKS.md).
-- ``int8`` (symmetric, S8S8, zero points 0, biases left in float): what TensorRT's explicit
-  quantization requires; the source of TensorRT INT8 plans (for strongly typed TensorRT, with its float
-  parts converted to FP16 by :func:`export.fp16.convert_qdq_fp16`).
+- ``uint8`` (asymmetric activations, U8S8, weights in 7 bits): the served ONNX model, run by onnxruntime
+  on any x86 CPU. onnxruntime's U8S8 kernels on CPUs without VNNI (AVX2 and AVX-512 alone) sum pairs of
+  u8 x s8 products into saturating 16-bit lanes; with 8-bit weights those sums overflow (LeNet-5 on
+  digits lost 1.67 points on an AVX2 CPU, none on a VNNI one). onnxruntime's quantization guide names the
+  remedy, ``reduce_range``: weights in [-64, 64] keep every pair sum (at most 2 x 255 x 64) below
+  2^15, so the kernels are exact on every host (VNNI and AMX accumulate in 32 bits anyway). S8S8 is no
+  way out: onnxruntime shifts s8 activations to u8 on x86 and runs the same kernels. U8S8 ran ResNet-50
+  3.6x faster than S8S8 on a VNNI CPU (BENCHMARKS.md). :mod:`export.int8_reference` proves the result
+  on the exporting host, the server's load-time probe on the serving host.
+- ``int8`` (symmetric, S8S8, zero points 0, biases left in float, full 8-bit weights): what TensorRT's
+  explicit quantization requires, run by TensorRT with 32-bit accumulation on the GPU; the source of
+  TensorRT INT8 plans (for strongly typed TensorRT, with its float parts converted to FP16 by
+  :func:`export.fp16.convert_qdq_fp16`). Never served by onnxruntime.
 """
 
 from __future__ import annotations
@@ -39,11 +47,15 @@ CALIBRATION_METHODS = {
 }
 # About this many input values per calibration batch: the calibrator holds every activation of a batch.
 CALIBRATION_BATCH_VALUES = 1 << 20
-# activations -> (onnxruntime type, symmetric, description)
+# activations -> (onnxruntime type, symmetric, 7-bit weights (reduce_range), description)
 ACTIVATIONS = {
-    "uint8": (QuantType.QUInt8, False, "uint8, asymmetric, per-tensor"),
-    "int8": (QuantType.QInt8, True, "int8, symmetric, per-tensor"),
+    "uint8": (QuantType.QUInt8, False, True, "uint8, asymmetric, per-tensor"),
+    "int8": (QuantType.QInt8, True, False, "int8, symmetric, per-tensor"),
 }
+WHY_REDUCE_RANGE = (
+    "7-bit weights (onnxruntime reduce_range): exact U8S8 on every x86 CPU; 8-bit weights saturate "
+    "onnxruntime's 16-bit pair sums on CPUs without VNNI"
+)
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +111,7 @@ def quantize_int8(
         )
     if activations not in ACTIVATIONS:
         raise ExportError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {activations!r}")
-    activation_type, symmetric, described = ACTIVATIONS[activations]
+    activation_type, symmetric, reduce_range, described = ACTIVATIONS[activations]
     work = Path(work_dir)
     prepared = work / f"int8_preprocessed_{activations}.onnx"
     # Symbolic shape inference plus onnxruntime's graph optimizations (Conv+BatchNorm folding, ...)
@@ -132,6 +144,7 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=activation_type,
                 weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
                 calibrate_method=CALIBRATION_METHODS[method],
                 extra_options=extra,
             )
@@ -144,7 +157,13 @@ def quantize_int8(
         "format": "QDQ",
         "tool": "onnxruntime.quantization.quantize_static",
         "activations": described,
-        "weights": "int8, symmetric, per-channel",
+        "weights": (
+            "int8 in [-64, 64] (reduce_range), symmetric, per-channel"
+            if reduce_range
+            else "int8, symmetric, per-channel"
+        ),
+        "reduce_range": reduce_range,
+        "why": WHY_REDUCE_RANGE if reduce_range else "TensorRT's explicit quantization: S8S8, full range",
         "biases": "float" if symmetric else "int32",
         "preprocess": preprocess,
         "calibration": {"method": method, "samples": len(calibration), "batch_size": batch},

@@ -22,9 +22,10 @@ import numpy as np
 
 from export import calibration as cal
 from export.checks import EVAL_BATCH_SIZE, Reference, check_int8_drop, check_outputs, eval_source
-from export.errors import ExportError, VersionExistsError
+from export.errors import ExportError, ValidationError, VersionExistsError
 from export.fp16 import convert_fp16, convert_qdq_fp16
 from export.int8 import quantize_int8
+from export.int8_reference import TOLERANCE_STEPS, check_against_reference
 from export.onnx_export import export_onnx
 from export.options import ExportOptions
 from export.progress import Reporter
@@ -42,6 +43,7 @@ from export.validate import (
     torch_logits,
 )
 from export.versions import tool_versions
+from modelrepo import probe as probes
 from modelrepo import writer as repo_writer
 from modelrepo.batching import Fit, fit, measure_curve
 from modelrepo.entries import artifact_record, entry_config, entry_manifest, served_name
@@ -52,6 +54,12 @@ from models import LoadedModel, get_model_entry, load_model
 
 ONNX_FILE, PLAN_FILE = artifact_file("onnx"), artifact_file("tensorrt_plan")
 PROGRAM_FILE = artifact_file("torch_export")
+PROBE_SAMPLES, PROBE_SAMPLES_LARGE = 4, 2  # evaluation inputs in probe.npz (LeNet-5's; 224x224 models')
+PYTORCH_REFERENCE = "pytorch fp32"
+FP16_PROGRAM_UNCHECKED = (
+    "not checked on this host (no CUDA): torch's fp16 kernels on a CPU are not a path the server serves; "
+    "the server checks it against probe.npz at its first load on a GPU"
+)
 
 
 @dataclass
@@ -99,6 +107,7 @@ class _Run:
     calib_source: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     current: str = ""
+    probe: _Probe | None = None
 
     @contextmanager
     def stage(self, description: str, total: int | None = None) -> Iterator:
@@ -112,6 +121,51 @@ class _Run:
 
     def onnx_path(self, precision: str) -> Path:
         return self.version_dir(precision) / ONNX_FILE
+
+
+@dataclass
+class _Probe:
+    """The numerics probe of this export (:mod:`modelrepo.probe`): a few evaluation inputs, PyTorch's FP32
+    outputs on them, and each version folder's expected outputs, file by file, until its entry is written."""
+
+    inputs: np.ndarray
+    torch_outputs: np.ndarray
+    source: str
+    expected: dict[str, dict[str, tuple[np.ndarray, probes.Tolerance, str, str]]] = field(
+        default_factory=dict
+    )
+
+    def expect(
+        self,
+        precision: str,
+        file: str,
+        outputs: np.ndarray,
+        tolerance: probes.Tolerance,
+        reference: str,
+        why: str,
+    ) -> None:
+        self.expected.setdefault(precision, {})[file] = (outputs, tolerance, reference, why)
+
+    def check(self, what: str, outputs: np.ndarray, tolerance: probes.Tolerance) -> dict[str, Any]:
+        """The artifact's outputs on the probe inputs, as the server will check them at load."""
+        agreement = probes.agreement(outputs, self.torch_outputs, tolerance)
+        if not agreement.passed:
+            raise ValidationError(
+                f"{what} disagrees with PyTorch on the probe inputs ({self.source}): max abs error "
+                f"{agreement.max_abs_error:.4g} (allowed {agreement.allowed:.4g})"
+            )
+        return {"max_abs_error": agreement.max_abs_error, "allowed": agreement.allowed}
+
+
+def _probe_inputs(inputs: np.ndarray) -> np.ndarray:
+    """A few evaluation inputs, fewer of a large image, rounded through FP16 so that probe.npz stays small
+    (the rounded values are the probe: every expected output is computed from them)."""
+    count = PROBE_SAMPLES if inputs[0].size <= 64 * 64 * 3 else PROBE_SAMPLES_LARGE
+    return inputs[:count].astype(np.float16).astype(np.float32)
+
+
+def _tolerance(tolerance: Tolerance) -> probes.Tolerance:
+    return probes.Tolerance(tolerance.atol, tolerance.rtol)
 
 
 @dataclass(frozen=True)
@@ -146,21 +200,68 @@ def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | No
     return result
 
 
+def _probe_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
+    """Run the served ONNX model on the probe inputs and record what the server must see at load: PyTorch's
+    outputs within the precision's tolerance, or for int8 the exact evaluation of its Q/DQ graph (checked
+    here, where onnxruntime's int8 kernels may compute otherwise)."""
+    probe = run.probe
+    outputs = run_session(ort_session(path), probe.inputs, len(probe.inputs))
+    if tolerance is not None:
+        record = probe.check(f"{precision} ONNX ({path.name})", outputs, _tolerance(tolerance))
+        probe.expect(
+            precision, path.name, probe.torch_outputs, _tolerance(tolerance), PYTORCH_REFERENCE,
+            f"the {precision} parity tolerance of the export",
+        )  # fmt: skip
+        return {"probe_check": record}
+    with run.stage(
+        f"check int8 ONNX against the exact Q/DQ evaluation ({len(probe.inputs)} inputs)",
+        total=len(probe.inputs),
+    ) as advance:
+        check, exact = check_against_reference(path, probe.inputs, outputs, advance)
+    probe.expect(
+        precision, path.name, exact, probes.Tolerance(check.tolerance, 0.0), check.evaluator,
+        f"{TOLERANCE_STEPS:g} output quantization steps of {check.output_step:.4g}: requantization rounding",
+    )  # fmt: skip
+    return {"reference_check": check.record()}
+
+
 def _torch_program(run: _Run, precision: str, tolerance: Tolerance) -> Artifact:
-    """Write ``model.pt2`` of ``precision`` beside the ONNX model and check it against PyTorch."""
+    """Write ``model.pt2`` of ``precision`` beside the ONNX model and check it against PyTorch on the device
+    class that serves it. An FP16 program on a host without CUDA is written unchecked: torch's FP16
+    convolutions on a CPU are slow (VGG-19's check ran over 16 minutes) and no server runs them there; the
+    server checks it with the probe at its first load on a GPU."""
     path = run.version_dir(precision) / PROGRAM_FILE
     with run.stage(f"export torch.export {precision} program"):
         extra = export_program(run.loaded.model, run.loaded.input_spec, path, precision=precision)
     device = validation_device()
-    with run.stage(f"check {precision} torch program against PyTorch (torch on {device})"):
+    run.probe.expect(
+        precision, path.name, run.probe.torch_outputs, _tolerance(tolerance), PYTORCH_REFERENCE,
+        f"the {precision} parity tolerance of the export",
+    )  # fmt: skip
+    if precision == "fp16" and device == "cpu":
+        validation = {"checked": False, "reason": FP16_PROGRAM_UNCHECKED}
+        run.reporter.note(f"{precision} torch program written unchecked: {FP16_PROGRAM_UNCHECKED}")
+        return artifact_record(path.parent, "torch_export", precision, validation, extra)
+    batches = len(run.reference.parity_inputs) + -(-len(run.reference.eval.inputs) // EVAL_BATCH_SIZE) + 1
+    with run.stage(
+        f"check {precision} torch program against PyTorch (torch on {device})", total=batches
+    ) as advance:
         runner = ProgramRunner(path, device)
         try:
-            outs = [runner(x) for x in run.reference.parity_inputs]
-            eval_out = runner.run(run.reference.eval.inputs, EVAL_BATCH_SIZE)
+            outs = []
+            for x in run.reference.parity_inputs:
+                outs.append(runner(x))
+                advance(1)
+            eval_out = runner.run(run.reference.eval.inputs, EVAL_BATCH_SIZE, advance)
+            probe_out = runner(run.probe.inputs)
+            advance(1)
         finally:
             runner.close()
         validation = check_outputs(
             run.reference, outs, eval_out, tolerance, f"{precision} torch program ({path.name})"
+        )
+        validation["probe_check"] = run.probe.check(
+            f"{precision} torch program ({path.name})", probe_out, _tolerance(tolerance)
         )
     validation["runtime"] = f"torch {extra['torch']} on {device}"
     return artifact_record(path.parent, "torch_export", precision, validation, extra)
@@ -250,6 +351,14 @@ def _plan(run: _Run, precision: _Precision, onnx: Path) -> dict[str, Any]:
         info["validation"] = check_outputs(
             run.reference, outs, eval_out, precision.tolerance, f"TensorRT {precision.name} plan"
         )
+        if precision.tolerance is not None:  # an int8 plan's own check is its accuracy above
+            tolerance = _tolerance(precision.tolerance)
+            what = f"TensorRT {precision.name} plan"
+            info["validation"]["probe_check"] = run.probe.check(what, runner(run.probe.inputs), tolerance)
+            run.probe.expect(
+                precision.name, PLAN_FILE, run.probe.torch_outputs, tolerance, PYTORCH_REFERENCE,
+                f"the {precision.name} parity tolerance of the export",
+            )  # fmt: skip
     return {**info, **extra}
 
 
@@ -259,6 +368,7 @@ def _export_precision(run: _Run, precision: _Precision) -> None:
     onnx = run.onnx_path(precision.name)
     conversion = precision.convert(run, onnx)
     validation = {**_check_onnx(run, precision.name, onnx, precision.tolerance), **conversion.validation}
+    validation.update(_probe_onnx(run, precision.name, onnx, precision.tolerance))
     if precision.name == "int8":
         weights_trained = run.loaded.weights.get("source") != "random"
         check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
@@ -296,7 +406,10 @@ def _export_fp32(run: _Run) -> None:
             ev,
             torch_logits(loaded.model, ev.inputs, EVAL_BATCH_SIZE),
         )
+        inputs = _probe_inputs(ev.inputs)
+        run.probe = _Probe(inputs, torch_logits(loaded.model, inputs, len(inputs)), ev.source)
     validation = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
+    validation.update(_probe_onnx(run, "fp32", path, FP32_TOLERANCE))
     validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
     programs = [_torch_program(run, "fp32", FP32_TOLERANCE)] if options.torch else []
     _finish(run, "fp32", validation, programs=programs)
@@ -342,6 +455,12 @@ def _finish(
         onnx = artifact_record(version_dir, "onnx", precision, validation)
         validation = {**plan.pop("validation"), "runtime": "tensorrt"}
         fmt, gpu, alternatives = "tensorrt_plan", plan, [onnx, *alternatives]
+    records = _write_probe(run, precision, version_dir)
+    if artifact_file(fmt) in records:
+        validation["probe"] = records[artifact_file(fmt)]
+    for alternative in alternatives:
+        if alternative.file in records:
+            alternative.validation["probe"] = records[alternative.file]
     manifest = entry_manifest(
         name,
         source_model=loaded.name,
@@ -369,6 +488,21 @@ def _finish(
         batching=fitted.batching,
     )
     run.writer.finish(name, config, loaded.labels, manifest)
+
+
+def _write_probe(run: _Run, precision: str, version_dir: Path) -> dict[str, dict[str, Any]]:
+    """Write the version's probe.npz; returns each artifact's ``validation["probe"]`` record by file."""
+    expected = run.probe.expected.pop(precision, {})
+    if not expected:
+        return {}
+    path = version_dir / probes.PROBE_NAME
+    sha256 = probes.write_probe(
+        path, run.probe.inputs, {probes.output_key(file): e[0] for file, e in expected.items()}
+    )
+    return {
+        file: probes.Expectation(probes.output_key(file), sha256, tolerance, reference, why).record()
+        for file, (_, tolerance, reference, why) in expected.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------- entry

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,13 @@ class ProgramRunner:
         y = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))
         return y.float().cpu().numpy()
 
-    def run(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        return np.concatenate([self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    def run(self, x: np.ndarray, batch_size: int, advance: Callable[[int], None] | None = None) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch_size):
+            outs.append(self(x[i : i + batch_size]))
+            if advance:
+                advance(1)
+        return np.concatenate(outs)
 
     def close(self) -> None:
         self.module = None

@@ -20,7 +20,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelrepo.manifest import Artifact, Manifest
@@ -50,6 +50,7 @@ class ArtifactChoice:
     device: str  # "cpu" or "cuda"
     skipped: tuple[str, ...] = ()  # why each better way to run this version was not taken
     primary: bool = True  # the artifact config.pbtxt names (False: one of the manifest's alternatives)
+    validation: dict = field(default_factory=dict, compare=False)  # its record: checks, numerics probe
 
     @property
     def fallback_reason(self) -> str | None:
@@ -158,6 +159,7 @@ def choose_artifact(manifest: Manifest, version_dir: Path, device_setting: str) 
                 device,
                 tuple(map(str, skipped)),
                 primary,
+                artifact.validation,
             )
             primary_ways = sum(f == manifest.format and d in devices for f, d in RANKING)
             _log_choice(what, choice, [s for s in skipped if s.file == manifest.artifact], primary_ways)

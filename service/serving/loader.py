@@ -29,6 +29,7 @@ from service.backends import (
 )
 from service.batching import policy_from_config
 from service.errors import ModelLoadError, ServeError
+from service.serving.numerics import check_numerics
 from service.serving.served import ServedVersion, close_backends
 from service.settings import Settings
 from service.telemetry.prometheus import ServerMetrics
@@ -89,6 +90,7 @@ def _build_version(
             threads = cpus // max(1, devices.count("cpu"))
             backends.append(create_backend(choice, config, device, data, threads, spec))
         row_seconds = warm_up(name, backends, entry.io)
+        check_numerics(name, version, entry.path, choice, backends, metrics)
         # Inline batches run on the event loop: never where a batch waits for a GPU stream.
         inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS and devices == ["cpu"]
         if inline and choice.format == "onnx" and not configured_threads(config):

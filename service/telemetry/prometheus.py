@@ -39,6 +39,7 @@ class ServerMetrics:
         self.loop_lag = loop_lag  # seconds the event loop's last heartbeat ran late
         self._versions: dict[tuple[str, str, str, str], VersionTelemetry] = {}
         self.unknown_model = {p: dict.fromkeys(OUTCOMES, 0) for p in PROTOCOLS}
+        self.numerics_failures: dict[tuple[str, str], int] = {}  # (model, version): failed load-time probes
         self.registry.register(_ServingCollector(self))
         ProcessCollector(registry=self.registry)
         if gpu:
@@ -59,6 +60,10 @@ class ServerMetrics:
 
     def count_unknown_model(self, outcome: str) -> None:
         self.unknown_model[REQUEST_PROTOCOL.get()][outcome] += 1
+
+    def count_numerics_failure(self, model: str, version: str) -> None:
+        key = (model, version)
+        self.numerics_failures[key] = self.numerics_failures.get(key, 0) + 1
 
 
 class _ServingCollector(Collector):
@@ -131,6 +136,14 @@ class _ServingCollector(Collector):
             load.add_metric(list(t.labels[:3]), t.load_seconds)
             ready.add_metric(list(t.labels), 1.0 if t.ready else 0.0)
         yield from (rows, depth, inflight, load, ready)
+        numerics = CounterMetricFamily(
+            "cnnserve_model_numerics_check_failures",
+            "Loads refused because the artifact's outputs on its probe inputs were off on this host",
+            labels=MV,
+        )
+        for labels, n in list(self._metrics.numerics_failures.items()):
+            numerics.add_metric(list(labels), n)
+        yield numerics
         if self._metrics.loop_lag is not None:
             lag = GaugeMetricFamily(
                 "cnnserve_event_loop_lag_seconds",

@@ -1,0 +1,134 @@
+"""The load-time numerics check (service/serving/numerics.py), in-process: every artifact the export checked
+passes on this host; a probe whose expected outputs disagree makes the model unavailable with the reason
+in the index, a metric, and readiness as for any model that fails to load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import numpy as np
+import pytest
+
+from harness.repository import copy_entry
+from modelrepo.manifest import Manifest
+from modelrepo.probe import PROBE_NAME, Expectation, output_key, read_probe, write_probe
+from service.errors import ModelLoadError
+from service.serving import ModelManager
+from service.settings import Settings
+from service.telemetry.prometheus import ServerMetrics
+
+
+def tamper_expected(version_dir, artifact_file: str, shift: float) -> None:
+    """Rewrite probe.npz with one expected logit moved by ``shift`` and record its new sha256, as a probe
+    written on a host whose int8 kernels computed otherwise would be."""
+    manifest = Manifest.read(version_dir)
+    expectations = {a.file: Expectation.from_validation(a.validation) for a in manifest.artifacts}
+    arrays = {}
+    for file, expectation in expectations.items():
+        inputs, expected = read_probe(version_dir, expectation)
+        if file == artifact_file:
+            expected = expected.copy()
+            expected[0, 0] += shift
+        arrays[output_key(file)] = expected
+    sha256 = write_probe(version_dir / PROBE_NAME, inputs, arrays)
+    data = json.loads((version_dir / "manifest.json").read_text())
+    for record in [data["validation"], *(a["validation"] for a in data["alternatives"])]:
+        if "probe" in record:
+            record["probe"]["sha256"] = sha256
+    (version_dir / "manifest.json").write_text(json.dumps(data))
+
+
+async def load(repo, name, metrics=None):
+    manager = ModelManager(
+        Settings(repo=repo, model_control_mode="explicit"), metrics or ServerMetrics(gpu=False)
+    )
+    try:
+        with contextlib.suppress(ModelLoadError):
+            await manager.load(name)
+        return manager.ready, {e.name: (e.state, e.reason) for e in manager.index()}
+    finally:
+        await manager.close(timeout=5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_every_exported_artifact_passes_its_probe_here(lenet5_export, tmp_path, precision):
+    entry = lenet5_export[precision]
+    copy_entry(entry.model_dir, tmp_path)
+    ready, index = asyncio.run(load(tmp_path, entry.name))
+    assert ready and index[entry.name] == ("READY", "")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_probe_the_outputs_disagree_with_makes_the_model_unavailable(lenet5_export, tmp_path, precision):
+    entry = lenet5_export[precision]
+    folder = copy_entry(entry.model_dir, tmp_path)
+    expectation = Expectation.from_validation(entry.manifest.validation)
+    tamper_expected(folder / "1", "model.onnx", shift=10 * expectation.tolerance.atol + 1.0)
+    metrics = ServerMetrics(gpu=False)
+    ready, index = asyncio.run(load(tmp_path, entry.name, metrics))
+    state, reason = index[entry.name]
+    assert not ready and state == "UNAVAILABLE"
+    assert "numerics check failed: model.onnx on onnxruntime" in reason
+    assert expectation.reference in reason and "this host computes the artifact differently" in reason
+    assert metrics.numerics_failures == {(entry.name, "1"): 1}
+    text = metrics_text(metrics)
+    assert f'cnnserve_model_numerics_check_failures_total{{model="{entry.name}",version="1"}} 1.0' in text
+
+
+def test_a_shift_within_the_tolerance_loads(lenet5_export, tmp_path):
+    entry = lenet5_export["int8"]
+    folder = copy_entry(entry.model_dir, tmp_path)
+    expectation = Expectation.from_validation(entry.manifest.validation)
+    tamper_expected(folder / "1", "model.onnx", shift=expectation.tolerance.atol / 4)
+    ready, index = asyncio.run(load(tmp_path, entry.name))
+    assert ready and index[entry.name][0] == "READY"
+
+
+def test_a_broken_or_replaced_probe_is_a_load_error_with_the_reason(lenet5_export, tmp_path):
+    entry = lenet5_export["fp32"]
+    folder = copy_entry(entry.model_dir, tmp_path)
+    probe = folder / "1" / PROBE_NAME
+    probe.write_bytes(probe.read_bytes()[:100])
+    _, index = asyncio.run(load(tmp_path, entry.name))
+    assert "numerics probe of model.onnx: sha256 of probe.npz is" in index[entry.name][1]
+    probe.unlink()
+    _, index = asyncio.run(load(tmp_path, entry.name))
+    assert "probe.npz does not exist" in index[entry.name][1]
+
+
+def test_a_manifest_without_probe_loads_as_before(lenet5_export, tmp_path):
+    """Entries exported before probes existed keep loading."""
+    entry = lenet5_export["fp32"]
+    folder = copy_entry(entry.model_dir, tmp_path)
+    data = json.loads((folder / "1" / "manifest.json").read_text())
+    del data["validation"]["probe"]
+    (folder / "1" / "manifest.json").write_text(json.dumps(data))
+    (folder / "1" / PROBE_NAME).unlink()
+    ready, index = asyncio.run(load(tmp_path, entry.name))
+    assert ready and index[entry.name] == ("READY", "")
+
+
+def test_probe_reader_refuses_what_is_not_a_probe(tmp_path):
+    from modelrepo.probe import ProbeError, Tolerance
+
+    inputs = np.zeros((2, 1, 4, 4), np.float32)
+    sha = write_probe(tmp_path / PROBE_NAME, inputs, {"expected_model.onnx": np.zeros((2, 3), np.float32)})
+    good = Expectation("expected_model.onnx", sha, Tolerance(0.1, 0.0), "x", "y")
+    assert read_probe(tmp_path, good)[1].shape == (2, 3)
+    with pytest.raises(ProbeError, match="no array"):
+        read_probe(tmp_path, Expectation("expected_model.pt2", sha, Tolerance(0.1, 0.0), "x", "y"))
+    sha = write_probe(tmp_path / PROBE_NAME, inputs[0], {})  # three dimensions: not NCHW
+    with pytest.raises(ProbeError, match=r"must hold N inputs"):
+        read_probe(tmp_path, Expectation("inputs", sha, Tolerance(0.1, 0.0), "x", "y"))
+    with pytest.raises(ProbeError, match="tolerance must be finite"):
+        Expectation.from_validation({"probe": {"expected": "e", "sha256": "s", "atol": "nan", "rtol": 0}})
+    with pytest.raises(ProbeError, match="malformed"):
+        Expectation.from_validation({"probe": {"expected": "e"}})
+
+
+def metrics_text(metrics: ServerMetrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
