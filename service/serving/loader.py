@@ -79,7 +79,7 @@ def _build_version(
         policy = policy_from_config(config)
     except ValueError as e:
         raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
-    choice = choose_artifact(manifest, entry.path, settings.device)
+    choice = choose_artifact(manifest, entry.path, settings.device, settings.backend)
     data = read_artifact(name, version, choice)
     devices = instance_devices(config, choice.device)
     spec = entry.io.input_spec

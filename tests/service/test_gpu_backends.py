@@ -89,6 +89,29 @@ def test_the_best_artifact_that_runs_here_is_picked(exported, host, simulated, d
     assert picked(*exported["fp32"], device) == expected
 
 
+@pytest.mark.parametrize(
+    ("backend", "simulated", "device", "expected"),
+    [
+        ("torch", {}, "auto", ("model.pt2", "cpu", False)),
+        ("torch", {}, "cpu", ("model.pt2", "cpu", False)),
+        ("torch", {"torch_cuda": True, "onnxruntime_cuda": True}, "auto", ("model.pt2", "cuda", False)),
+        ("onnxruntime", {"torch_cuda": True}, "auto", ("model.onnx", "cpu", True)),
+        ("tensorrt", {"torch_cuda": True}, "auto", ("model.pt2", "cuda", False)),  # no plan: the ranking
+    ],
+)
+def test_a_backend_preference_is_tried_first(exported, host, backend, simulated, device, expected):
+    host(**simulated)
+    manifest, version_dir = exported["fp32"]
+    found = choice.choose_artifact(manifest, version_dir, device, backend)
+    assert (found.path.name, found.device, found.primary) == expected
+
+
+def test_a_preferred_backend_without_its_artifact_goes_down_the_ranking(exported, host):
+    host()
+    found = choice.choose_artifact(*exported["int8"], "cpu", "torch")  # int8 has no torch program
+    assert (found.path.name, found.device, found.skipped) == ("model.onnx", "cpu", ())
+
+
 def test_a_plan_comes_first_and_its_skip_is_explained(exported, host):
     manifest, version_dir = exported["fp32"]
     host(plan=None)
