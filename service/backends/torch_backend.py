@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo.preprocess import InputSpec
-from service.backends.base import Backend, ImageDecoderFn
+from service.backends.base import Backend, BatchTooLarge, ImageDecoderFn
 from service.backends.buckets import batch_buckets, bucket_for
 from service.backends.staging import INPUT, PIXELS, HostStaging
 from service.errors import ModelLoadError
@@ -174,6 +174,8 @@ class TorchBackend(Backend):
         if kind == PIXELS and self.spec is None:
             raise RuntimeError("pixels need the model's preprocessing, which this instance was not given")
         rows = len(batch)
+        if rows > self.buckets[-1]:
+            raise BatchTooLarge(f"a batch of {rows} rows; this instance takes at most {self.buckets[-1]}")
         padded = bucket_for(rows, self.buckets) if self.padded else rows
         staged = self.staging.load(kind, batch)
         with torch.no_grad(), self._on_stream():
