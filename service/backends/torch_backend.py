@@ -106,7 +106,11 @@ class TorchBackend(Backend):
         self.module = module
         self.buckets = batch_buckets(max_batch_size, preferred_batch_sizes)
         self.padded = (cuda_graphs and self.cuda) if pad_to_buckets is None else pad_to_buckets
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.stream = None
+        if self.cuda:
+            from service.backends.torch_cuda import instance_stream
+
+            self.stream = instance_stream(torch, device)
         self._done = torch.cuda.Event(blocking=True) if self.cuda else None  # the wait sleeps, no spin
         self._graphs = None
         self._x = self._device_in = self._mean = self._std = self.staging = None

@@ -16,6 +16,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 WARMUP_RUNS = 3  # eager runs per bucket before its capture: cuDNN autotuning, lazy initialization
+# torch hands out streams round-robin from a pool per priority. Instances take theirs from the default
+# priority's pool, image decoding from another (gpu_images.DECODE_PRIORITY): a decode call is never
+# handed a stream with an instance's work queued on it.
+INSTANCE_PRIORITY = 0
+
+
+def instance_stream(torch: Any, device: str) -> Any:
+    """The stream of one model instance: its copies, kernels and graph replays."""
+    return torch.cuda.Stream(device, priority=INSTANCE_PRIORITY)
 
 
 def serving_numerics(torch: Any, dtype: Any) -> dict[str, bool]:
