@@ -416,23 +416,35 @@ def _export_fp32(run: _Run) -> None:
 
 
 def _fit_batching(run: _Run, precision: str, plan: dict | None) -> Fit:
-    """The batching of the entry, fitted to latencies measured on this machine with the runtime that serves
-    it by default (the TensorRT plan where one was built, else onnxruntime on the CPU)."""
+    """The batching of the entry, fitted to latencies measured on this machine on the device and runtime
+    that serve it here: the TensorRT plan where one was built, else the torch program on CUDA where torch
+    sees a GPU (what a GPU host without TensorRT or onnxruntime-gpu serves), else onnxruntime on the CPU.
+    The record says which, and keeps the model's limit (``--max-batch-size``): a CPU's fit caps batches
+    where a GPU would take many more, so the serving host's ``--tune`` may raise the cap up to it."""
     options, spec = run.options, run.loaded.input_spec
     onnx = run.onnx_path(precision)
+    program = onnx.parent / PROGRAM_FILE
     budget_s = options.latency_budget_ms / 1e3
-    with run.stage(
-        f"measure {precision} latency against batch size (budget {options.latency_budget_ms:g} ms)"
-    ):
-        if plan is not None:
-            runner = PlanRunner(onnx.parent / PLAN_FILE)
+    if plan is not None:
+        runner, device, runtime = PlanRunner(onnx.parent / PLAN_FILE), "cuda", "tensorrt"
+    elif program.is_file() and validation_device() == "cuda":
+        runner = ProgramRunner(program, "cuda")
+        device, runtime = "cuda", "torch (the torch.export program, eager)"
+    else:
+        session = ort_session(onnx, threads=cpu_count())
+        device, runtime = "cpu", "onnxruntime CPUExecutionProvider"
+
+        def runner(x: np.ndarray) -> np.ndarray:
+            return run_session(session, x, len(x))
+
+    described = f"{precision} latency against batch size on {device}, {runtime}"
+    try:
+        with run.stage(f"measure {described} (budget {options.latency_budget_ms:g} ms)"):
             curve = measure_curve(runner, spec.shape, options.max_batch_size, budget_s)
-        else:
-            session = ort_session(onnx, threads=cpu_count())
-            curve = measure_curve(
-                lambda x: run_session(session, x, len(x)), spec.shape, options.max_batch_size, budget_s
-            )
-    return fit(curve, options.max_batch_size, options.latency_budget_ms)
+    finally:
+        if isinstance(runner, ProgramRunner):
+            runner.close()
+    return fit(curve, options.max_batch_size, options.latency_budget_ms, device=device, runtime=runtime)
 
 
 def _finish(

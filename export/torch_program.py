@@ -66,7 +66,8 @@ def export_program(
 
 
 class ProgramRunner:
-    """A saved program loaded back (as the server loads it) and run in batches on ``device``."""
+    """A saved program loaded back (as the server loads it) and run in batches on ``device``, with the
+    CUDA numerics the server sets for it."""
 
     def __init__(self, path: str | os.PathLike, device: str) -> None:
         program = torch.export.load(io.BytesIO(Path(path).read_bytes()))
@@ -77,8 +78,11 @@ class ProgramRunner:
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))
-        return y.float().cpu().numpy()
+        from service.backends.torch_cuda import numerics
+
+        with numerics(torch, self.dtype):  # the server's: no TF32 for fp32 (cuDNN's default is TF32)
+            y = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))
+            return y.float().cpu().numpy()
 
     def run(self, x: np.ndarray, batch_size: int, advance: Callable[[int], None] | None = None) -> np.ndarray:
         outs = []

@@ -1,7 +1,9 @@
 """Batching settings fitted to the model: latency measured against batch size on this machine, then the
 ``max_batch_size``, preferred size and queue delay that maximise throughput within a latency budget.
-``python -m export`` fits them when it writes an entry (the curve goes into the manifest); ``python -m
-service --tune`` fits them again at warm-up, on the serving machine.
+``python -m export`` fits them when it writes an entry (the curve goes into the manifest, with the device
+and runtime that ran it and the model's own limit, the export's ``--max-batch-size``); ``python -m
+service --tune`` fits them again at warm-up, on the serving machine, up to that limit: an entry fitted
+on a CPU, where large batches miss the budget, may batch far more on a GPU.
 
 The rules, from the measured curve ``t(b)`` (seconds of one batch of ``b`` rows, the fastest of several):
 
@@ -45,6 +47,9 @@ class Fit:
     curve: tuple[tuple[int, float], ...]  # (rows, seconds of one batch: the fastest of several runs)
     latency_budget_ms: float
     reason: str
+    limit: int  # the largest batch the model may take (the most --tune may raise max_batch_size to)
+    device: str = "cpu"  # where the curve was measured
+    runtime: str = ""  # what ran it
 
     def record(self) -> dict:
         return {
@@ -52,7 +57,17 @@ class Fit:
             "latency_budget_ms": self.latency_budget_ms,
             "chosen": asdict(self.batching),
             "reason": self.reason,
+            "limit": self.limit,
+            "device": self.device,
+            "runtime": self.runtime,
         }
+
+
+def tuning_limit(record: dict | None, max_batch_size: int) -> int:
+    """The largest batch ``--tune`` may fit a model to: the limit its manifest's batching record keeps,
+    never below the config's ``max_batch_size`` (entries written before the limit was recorded: that)."""
+    recorded = (record or {}).get("limit")
+    return max(max_batch_size, int(recorded)) if isinstance(recorded, int) else max_batch_size
 
 
 def batch_sizes(limit: int) -> list[int]:
@@ -90,8 +105,16 @@ def measure_curve(
     return curve
 
 
-def fit(curve: list[tuple[int, float]], limit: int, budget_ms: float = DEFAULT_LATENCY_BUDGET_MS) -> Fit:
-    """The batching settings for ``curve`` (see the module's rules)."""
+def fit(
+    curve: list[tuple[int, float]],
+    limit: int,
+    budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
+    *,
+    device: str = "cpu",
+    runtime: str = "",
+) -> Fit:
+    """The batching settings for ``curve`` measured on ``device`` with ``runtime`` (see the module's
+    rules)."""
     budget = budget_ms / 1e3
     fitting = [(b, t) for b, t in curve if b <= limit and t <= budget]
     if not fitting:
@@ -125,4 +148,4 @@ def fit(curve: list[tuple[int, float]], limit: int, budget_ms: float = DEFAULT_L
     )
     reason = f"max_batch_size {max_batch}: the largest batch computed within the {budget_ms:g} ms budget; "
     reason += why
-    return Fit(batching, tuple(curve), budget_ms, reason)
+    return Fit(batching, tuple(curve), budget_ms, reason, limit, device, runtime)

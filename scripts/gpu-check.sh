@@ -6,16 +6,20 @@
 # PyTorch, and measures in-process and gRPC throughput (FP32 input, UINT8 pixels, JPEG image) with GPU
 # utilization; writes gpu-check.{json,png,md} to $OUT when set (else ./gpu-check). --dry-run: the same code
 # with tiny sizes on the CPU (CI runs it). Wheels carried to the machine (README.md, "GPU") are taken from
-# $WHEELS (default .whl/) when that folder holds any.
+# $WHEELS (default .whl/): each one whose distribution the image lacks, or has below the project's floor
+# (bench/gpucheck/wheels.py decides and says why it leaves any out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WHEELS="${WHEELS:-.whl}"
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
-    SITE="${TMPDIR:-/tmp}/cnnserve-wheels"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "$WHEELS"/*.whl
-    export PYTHONPATH="$SITE:$PYTHONPATH"  # carried wheels before the image's own packages
+    mapfile -t NEEDED < <("$PYTHON" bench/gpucheck/wheels.py "$WHEELS")
+    if ((${#NEEDED[@]})); then
+        SITE="${TMPDIR:-/tmp}/cnnserve-wheels"
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SITE" "${NEEDED[@]}"
+        export PYTHONPATH="$SITE:$PYTHONPATH"  # carried wheels before the image's own packages
+    fi
 fi
 exec "$PYTHON" -m bench.gpucheck "$@"

@@ -16,8 +16,14 @@ from protos.wire import MAX_MESSAGE_BYTES
 
 CONTROL_MODES = ("none", "poll", "explicit")
 DEVICES = ("auto", "cpu", "cuda")
+BACKEND_PREFERENCES = ("auto", "onnxruntime", "torch", "tensorrt")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CHOICES = {"model_control_mode": CONTROL_MODES, "device": DEVICES, "log_level": LOG_LEVELS}
+CHOICES = {
+    "model_control_mode": CONTROL_MODES,
+    "device": DEVICES,
+    "backend": BACKEND_PREFERENCES,
+    "log_level": LOG_LEVELS,
+}
 
 
 class SettingsError(ValueError):
@@ -37,6 +43,7 @@ class Settings:
     grace_period: float = 30.0  # seconds SIGTERM waits for queued and in-flight requests
     max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit, HTTP request body limit
     device: str = "auto"
+    backend: str = "auto"  # the runtime tried first where a version has its artifact (auto: the ranking)
     log_level: str = "info"
     health_port: int = 8003  # gRPC health on a thread of its own, for probes (0: pick a free port)
     max_inflight: int = 1024  # requests accepted and not yet answered, server-wide
@@ -132,6 +139,12 @@ OPTIONS: dict[str, _Option] = {
         "largest gRPC message received or sent, and largest HTTP request body",
     ),
     "device": _Option("--device", "SERVE_DEVICE", str, "auto | cpu | cuda"),
+    "backend": _Option(
+        "--backend",
+        "SERVE_BACKEND",
+        str,
+        "auto | onnxruntime | torch | tensorrt: the runtime tried first, where a version has its artifact",
+    ),
     "log_level": _Option("--log-level", "SERVE_LOG_LEVEL", str, "debug | info | warning | error"),
     "health_port": _Option(
         "--health-port",

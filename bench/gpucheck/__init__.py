@@ -16,6 +16,7 @@ import datetime
 import io
 import os
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Plan:
     eval_samples: int
     sweep_models: int | None  # served entries swept through gRPC (None: all)
     budget_s: float  # the whole check
+    backend: str = "auto"  # the server's --backend (the runtime tried first)
 
     def sweep_seconds(self) -> float:
         return len(self.concurrencies) * (self.warmup_s + self.duration_s + 2) + 5
@@ -67,8 +69,11 @@ def full_plan(model: str = "resnet50") -> Plan:
 
 
 def dry_plan(model: str = "lenet5") -> Plan:
+    """The torch program served on the CPU (the GPU's code path: staging, buckets, the loader), asked for
+    a batch of 8 above the entry's cap of 4, as the full plan asks a GPU for batches up to 128."""
     return Plan(
-        model, "cpu", 4, (1, 2), (1, 2), 1, 2, 0.3, 2, 1.2, 0.2, 0.1, (40, 36), 4, 16, 8, 1, 240.0,
+        model, "cpu", 4, (1, 2, 8), (1, 2), 1, 2, 0.3, 2, 1.2, 0.2, 0.1, (40, 36), 4, 16, 8, 1, 240.0,
+        backend="torch",
     )  # fmt: skip
 
 
@@ -173,20 +178,45 @@ def check_answers(client, name: str, precision: str, plan: Plan, weights: str, i
 
 
 def run_check(plan: Plan, out: Path, work: Path, console, weights: str = "random", command: str = "") -> dict:
-    """Every step; returns the record (also written to ``out``). Raises CheckFailed where it cannot go on."""
+    """Every step; returns the record, written to ``out`` after each step and whatever stops the check
+    (the server's logs are kept in ``out/logs``). Raises CheckFailed where it cannot go on, and any other
+    error as it came, after recording it."""
     started = time.monotonic()
-    deadline = started + plan.budget_s
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "plan": asdict(plan), "model": plan.model, "notes": [], "models": {},
+        "stages": [],
     }  # fmt: skip
+
+    def done(stage: str) -> None:
+        record["stages"].append(stage)
+        record["seconds"] = round(time.monotonic() - started, 1)
+        report.write_json(record, out / "gpu-check.json")
+
+    try:
+        _steps(plan, out, work, console, weights, record, started + plan.budget_s, done)
+    except BaseException as e:
+        record["failed"] = str(e) if isinstance(e, CheckFailed) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, CheckFailed):
+            record["traceback"] = traceback.format_exc()[-6000:]
+        done("failed")
+        raise
+    record["goal"] = goal(record) if plan.device == "cuda" else {}
+    done("finished")
+    report.write_plot(record, out / "gpu-check.png")
+    (out / "gpu-check.md").write_text(report.markdown(record))
+    return record
+
+
+def _steps(plan: Plan, out: Path, work: Path, console, weights: str, record: dict, deadline: float, done):
     env = survey(need_cuda=plan.device == "cuda")
     record["environment"] = env.to_dict()
     console.print(f"versions: {env.versions}", highlight=False)
     console.print(f"GPU: {env.gpu or 'none'}", highlight=False)
     for line in env.absent:
         console.print(f"optional, absent: {line}", highlight=False)
+    done("survey")
     if env.missing:
         raise CheckFailed("missing: " + "; ".join(env.missing) + " (carry the wheels: README.md, GPU)")
     sampler = GpuSampler()
@@ -196,11 +226,12 @@ def run_check(plan: Plan, out: Path, work: Path, console, weights: str = "random
         record["export"] = export(plan, work / "repo", weights, record["notes"])
     names = list(record["export"]["entries"])
     console.print(f"exported {', '.join(names)} in {record['export']['seconds']} s", highlight=False)
+    done("export")
     images = write_images(work / "images", plan)
     for name in names:
         with console.status(f"{name}: loading and measuring in-process"):
             try:
-                version = inprocess.load(work / "repo", name, plan.device)
+                version = inprocess.load(work / "repo", name, plan.device, plan.backend)
             except Exception as e:  # ModelLoadError with the reason, or a bug: either way, stop now
                 raise CheckFailed(f"model {name} cannot load: {e}") from None
             try:
@@ -210,19 +241,16 @@ def run_check(plan: Plan, out: Path, work: Path, console, weights: str = "random
         record["models"][name] = {"inprocess": measured, "served": {}, "ratios": {}}
         best = {k: round(inprocess.best(v)) for k, v in measured["points"].items()}
         console.print(f"  {name} in-process ({measured['backend']}): {best} img/s", highlight=False)
-    serve(plan, work, record, console, sampler, images, weights, deadline)
-    record["seconds"] = round(time.monotonic() - started, 1)
-    record["goal"] = goal(record) if plan.device == "cuda" else {}
-    report.write_json(record, out / "gpu-check.json")
-    report.write_plot(record, out / "gpu-check.png")
-    (out / "gpu-check.md").write_text(report.markdown(record))
-    return record
+        for refusal in measured["refused"]:
+            console.print(f"  {name} {refusal['kind']} batch {refusal['batch']}: {refusal['reason']}")
+        done(f"{name} in-process")
+    serve(plan, work, out / "logs", record, console, sampler, images, weights, deadline, done)
 
 
-def serve(plan, work, record, console, sampler, images, weights, deadline) -> None:
+def serve(plan, work, logs, record, console, sampler, images, weights, deadline, done) -> None:
     names = list(record["models"])
-    with console.status(f"starting python -m service --device {plan.device}"):
-        server = served.start(work / "repo", work / "logs", plan.device, names, timeout_s=300)
+    with console.status(f"starting python -m service --device {plan.device} --backend {plan.backend}"):
+        server = served.start(work / "repo", logs, plan.device, names, timeout_s=300, backend=plan.backend)
     try:
         client = server.client()
         for name in names:
@@ -230,6 +258,7 @@ def serve(plan, work, record, console, sampler, images, weights, deadline) -> No
             figures["served_config"] = served.served_parameters(client, name)
             precision = figures["inprocess"]["precision"]
             figures["answers"] = check_answers(client, name, precision, plan, weights, images)
+        done("served answers")
         swept = names if plan.sweep_models is None else names[: plan.sweep_models]
         for name in swept:
             for kind in KINDS:
@@ -251,8 +280,10 @@ def serve(plan, work, record, console, sampler, images, weights, deadline) -> No
                     f"c={list(plan.concurrencies)}; served/in-process {figures['ratios'][kind]:.2f}",
                     highlight=False,
                 )
+                done(f"{name} served {kind}")
     finally:
         server.terminate()
+        record["server_log"] = str(server.log_path)
         record["server_log_tail"] = server.log()[-4000:]
 
 

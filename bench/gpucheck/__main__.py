@@ -1,7 +1,9 @@
 """``python -m bench.gpucheck [--dry-run] [--model resnet50] [--out DIR]`` (``scripts/gpu-check.sh``).
 
 Exit status: 0 done and every check passed; 1 a check failed (a model that cannot load, answers that
-disagree with PyTorch, errors under load); 2 the machine lacks what the check needs (named first).
+disagree with PyTorch, errors under load, or any error, its traceback in the record); 2 the machine lacks
+what the check needs (named first). The record (gpu-check.json) is written after every step and when the
+check stops, and the server's logs are kept beside it (logs/).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, metavar="S", help="seconds for the whole check (default: 450)")
     p.add_argument("--request-batch", type=int, metavar="N", help="rows per gRPC request (default: 8)")
     p.add_argument("--workers", type=int, metavar="N", help="load-test client processes")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "onnxruntime", "torch", "tensorrt"),
+        help="the server's --backend (default: auto; dry run: torch, the GPU's code path on the CPU)",
+    )
     return p
 
 
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget,
         "request_batch": args.request_batch,
         "workers": args.workers,
+        "backend": args.backend,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     out = args.out or Path(os.environ.get("OUT") or "gpu-check")
@@ -51,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             record = run_check(plan, out, work, console, weights=args.weights, command=command.strip())
         except CheckFailed as e:
-            console.print(f"gpu-check FAILED: {e}", highlight=False)
+            console.print(f"gpu-check FAILED: {e} (record: {out / 'gpu-check.json'})", highlight=False)
             return 2 if str(e).startswith("missing:") else 1
+        except Exception as e:  # a bug or a library's error: recorded with its traceback by run_check
+            console.print_exception()
+            console.print(f"gpu-check FAILED: {type(e).__name__}: {e} (record: {out / 'gpu-check.json'})")
+            return 1
     found = failures(record)
     print((out / "gpu-check.md").read_text())
     for name, verdict in record["goal"].items():

@@ -22,17 +22,20 @@ class CheckFailed(RuntimeError):
     """The check cannot go on; the message says why."""
 
 
-def server_args(device: str, models: Sequence[str]) -> list[str]:
+def server_args(device: str, models: Sequence[str], backend: str = "auto") -> list[str]:
     from service.settings import Settings
 
-    args = ["--device", device, *[part for m in models for part in ("--load-model", m)]]
+    args = ["--device", device, "--backend", backend]
+    args += [part for m in models for part in ("--load-model", m)]
     # The HTTP front end imports Starlette and uvicorn, which this check needs not and the GPU image lacks.
     if "http_port" in Settings.__dataclass_fields__:
         args += ["--http-port", "0"]
     return args
 
 
-def start(repo: Path, logs: Path, device: str, models: Sequence[str], timeout_s: float):
+def start(
+    repo: Path, logs: Path, device: str, models: Sequence[str], timeout_s: float, backend: str = "auto"
+):
     """The server, once every model is READY; fails at the first model the server reports UNAVAILABLE
     (with its reason), or when the process exits, not at the end of the timeout."""
     from harness.server import start_server
@@ -40,7 +43,7 @@ def start(repo: Path, logs: Path, device: str, models: Sequence[str], timeout_s:
     logs.mkdir(parents=True, exist_ok=True)
     try:
         server = start_server(
-            repo, logs, *server_args(device, models), ready_service="liveness", ready_timeout=60
+            repo, logs, *server_args(device, models, backend), ready_service="liveness", ready_timeout=60
         )
     except RuntimeError as e:
         raise CheckFailed(f"the server did not start: {str(e)[-3000:]}") from None

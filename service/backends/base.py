@@ -20,6 +20,11 @@ from modelrepo.preprocess import InputSpec, normalize_pixels
 ImageDecoderFn = Callable[[Sequence[bytes], InputSpec, int], np.ndarray]
 
 
+class BatchTooLarge(ValueError):
+    """A batch of more rows than the instance was built for (its config's ``max_batch_size``): the batcher
+    never forms one; a caller that runs an instance directly may."""
+
+
 class Backend(ABC):
     """One model instance: runs a FP32 NCHW batch and returns FP32 [batch, classes]."""
 

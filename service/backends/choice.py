@@ -10,7 +10,9 @@ ways to run them, best first, and takes the first that runs here:
 5. the ``torch.export`` program on the CPU.
 
 ``--device cpu`` considers 4-5 only, ``--device cuda`` 1-3 only (and fails, with every reason, where none
-of them runs), ``auto`` all five. Only what is known before loading decides (libraries, GPUs, versions);
+of them runs), ``auto`` all five. ``--backend onnxruntime|torch|tensorrt`` moves that runtime's ways to
+the front (in the same order among themselves); a version without its artifact, or where it cannot run,
+goes on down the ranking. Only what is known before loading decides (libraries, GPUs, versions);
 an artifact that then fails to load or warm up is an error, never a silent switch to another.
 """
 
@@ -37,6 +39,14 @@ RANKING = (
     ("torch_export", CPU),
 )
 WHAT = {"tensorrt_plan": "TensorRT plan", "onnx": "ONNX", "torch_export": "torch.export program"}
+# --backend -> the artifact format that runtime runs
+PREFERRED_FORMAT = {"onnxruntime": "onnx", "torch": "torch_export", "tensorrt": "tensorrt_plan"}
+
+
+def ranking(backend: str = "auto") -> tuple[tuple[str, str], ...]:
+    """The ways to run an artifact, best first, with ``backend``'s (a ``--backend`` value) moved ahead."""
+    preferred = PREFERRED_FORMAT.get(backend)
+    return tuple(sorted(RANKING, key=lambda way: way[0] != preferred))
 
 
 @dataclass(frozen=True)
@@ -133,14 +143,16 @@ class _Skip:
         return f"cannot run the {WHAT[self.format]} {self.file}{where}: {self.reason}"
 
 
-def choose_artifact(manifest: Manifest, version_dir: Path, device_setting: str) -> ArtifactChoice:
-    """The best way to run this version here (``device_setting``: auto, cpu, cuda); raises
-    :class:`ModelLoadError` with every reason where nothing runs."""
+def choose_artifact(
+    manifest: Manifest, version_dir: Path, device_setting: str, backend: str = "auto"
+) -> ArtifactChoice:
+    """The best way to run this version here (``device_setting``: auto, cpu, cuda; ``backend``: the
+    runtime to try first, or auto); raises :class:`ModelLoadError` with every reason where nothing runs."""
     what = f"{manifest.model} ({version_dir})"
     artifacts = manifest.artifacts
     devices = {"cpu": (CPU,), "cuda": (CUDA,)}.get(device_setting, (CUDA, CPU))
     skipped: list[_Skip] = []
-    for fmt, device in RANKING:
+    for fmt, device in ranking(backend):
         if device not in devices:
             continue
         for artifact in artifacts:

@@ -2,6 +2,12 @@
 device as :func:`modelrepo.preprocess.to_pixels` does, returned as the UINT8 ``pixels`` rows the backend
 then normalizes on the device.
 
+Decoding runs on streams of the decoder's own (one decoder per GPU, a few streams, one call per stream
+at a time), drawn from a stream pool that model instances never draw from, and each stream is drained
+before nvJPEG is called: nvJPEG's hardware decoder writes its outputs before work already queued on the
+caller's stream has run, and torch's caching allocator may have handed it memory that work still reads
+(pytorch/vision#9606).
+
 Every image's header is checked first, as on the CPU path (format, pixel count; Pillow reads only the
 header). Rows nvJPEG cannot take (PNG, CMYK JPEGs) are decoded by Pillow on the CPU in the same call.
 Two differences from the CPU path, both small: Pillow may decode a large JPEG at a reduced DCT scale
@@ -15,6 +21,7 @@ import contextlib
 import functools
 import io
 import logging
+import queue
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +35,8 @@ from service.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 DEVICE_MODES = ("RGB", "L")  # JPEG colour modes nvJPEG decodes (CMYK and YCCK go to Pillow)
+DECODE_STREAMS = 4  # decode calls at once per GPU
+DECODE_PRIORITY = -1  # a pool apart from the instances' (torch_cuda.INSTANCE_PRIORITY)
 
 
 @functools.cache
@@ -50,13 +59,53 @@ def _probe(device: str) -> str | None:
     return None
 
 
+class DeviceDecoder:
+    """``decoder(images, spec, max_pixels)``: :func:`decode_to_pixels` on ``device``, each call on one of
+    ``streams`` that no other call holds meanwhile (a call waits for a free one)."""
+
+    def __init__(self, device: str, streams: Sequence[Any]) -> None:
+        if not streams:
+            raise ValueError("a device decoder needs at least one stream")
+        self.device = device
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for stream in streams:
+            self._free.put(stream)
+
+    def __call__(self, images: Sequence[bytes], spec: InputSpec, max_pixels: int) -> np.ndarray:
+        stream = self._free.get()
+        try:
+            return decode_to_pixels(images, spec, max_pixels, device=self.device, stream=stream)
+        finally:
+            self._free.put(stream)
+
+
+def decoder_streams(torch: Any, device: str, count: int = DECODE_STREAMS) -> list[Any]:
+    """Up to ``count`` distinct streams of the decoding pool (fewer where the pool comes round again)."""
+    streams, seen = [], set()
+    for _ in range(count):
+        stream = torch.cuda.Stream(device, priority=DECODE_PRIORITY)
+        if stream.cuda_stream in seen:
+            break
+        seen.add(stream.cuda_stream)
+        streams.append(stream)
+    return streams
+
+
+@functools.cache
+def _decoder(device: str) -> DeviceDecoder:
+    """One per GPU for the process: its streams are drawn once, so no two decoders share one."""
+    import torch
+
+    return DeviceDecoder(device, decoder_streams(torch, device))
+
+
 def device_decoder(device: str) -> ImageDecoderFn | None:
     """A decoder of ``image`` rows on ``device``, or None (logged with the reason) where there is none."""
     reason = _probe(device)
     if reason is not None:
         log.info("images are decoded on the CPU: %s", reason)
         return None
-    return functools.partial(decode_to_pixels, device=device)
+    return _decoder(device)
 
 
 def resized_crop(torch: Any, image: Any, spec: InputSpec) -> Any:
@@ -79,9 +128,13 @@ def resized_crop(torch: Any, image: Any, spec: InputSpec) -> Any:
     return x[:, top : top + spec.height, left : left + spec.width]
 
 
-def decode_to_pixels(images: Sequence[bytes], spec: InputSpec, max_pixels: int, *, device: str) -> np.ndarray:
-    """Encoded images -> UINT8 [N, H, W, C] pixels at the model's input size; raises InvalidInput naming
-    the first row at fault (before any row is decoded, where its header is at fault)."""
+def decode_to_pixels(
+    images: Sequence[bytes], spec: InputSpec, max_pixels: int, *, device: str, stream: Any = None
+) -> np.ndarray:
+    """Encoded images -> UINT8 [N, H, W, C] pixels at the model's input size, decoded on ``device`` (on a
+    GPU on ``stream``, which this call alone may use until it returns, see :class:`DeviceDecoder`);
+    raises InvalidInput naming the first row at fault (before any row is decoded, where its header is at
+    fault)."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -104,9 +157,11 @@ def decode_to_pixels(images: Sequence[bytes], spec: InputSpec, max_pixels: int, 
     encoded = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in rows]
     mode = ImageReadMode.RGB if spec.color == "RGB" else ImageReadMode.GRAY
     cuda = device.startswith("cuda")
-    # A stream of this call's own: decoding threads neither wait for nor hold up the model's stream.
-    stream = torch.cuda.Stream(device) if cuda else None
+    if cuda and stream is None:
+        raise ValueError("decoding on a GPU needs a stream of the decoder's own (DeviceDecoder)")
     with torch.no_grad(), torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+        if stream is not None:
+            stream.synchronize()  # nothing queued on it when nvJPEG writes (pytorch/vision#9606)
         try:
             decoded = decode_jpeg(encoded, mode=mode, device=device)
         except RuntimeError as e:  # nvJPEG refuses a corrupt stream the header did not give away

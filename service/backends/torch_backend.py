@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelrepo.preprocess import InputSpec
-from service.backends.base import Backend, ImageDecoderFn
+from service.backends.base import Backend, BatchTooLarge, ImageDecoderFn
 from service.backends.buckets import batch_buckets, bucket_for
 from service.backends.staging import INPUT, PIXELS, HostStaging
 from service.errors import ModelLoadError
@@ -106,7 +106,11 @@ class TorchBackend(Backend):
         self.module = module
         self.buckets = batch_buckets(max_batch_size, preferred_batch_sizes)
         self.padded = (cuda_graphs and self.cuda) if pad_to_buckets is None else pad_to_buckets
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.stream = None
+        if self.cuda:
+            from service.backends.torch_cuda import instance_stream
+
+            self.stream = instance_stream(torch, device)
         self._done = torch.cuda.Event(blocking=True) if self.cuda else None  # the wait sleeps, no spin
         self._graphs = None
         self._x = self._device_in = self._mean = self._std = self.staging = None
@@ -174,6 +178,8 @@ class TorchBackend(Backend):
         if kind == PIXELS and self.spec is None:
             raise RuntimeError("pixels need the model's preprocessing, which this instance was not given")
         rows = len(batch)
+        if rows > self.buckets[-1]:
+            raise BatchTooLarge(f"a batch of {rows} rows; this instance takes at most {self.buckets[-1]}")
         padded = bucket_for(rows, self.buckets) if self.padded else rows
         staged = self.staging.load(kind, batch)
         with torch.no_grad(), self._on_stream():

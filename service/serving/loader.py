@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelrepo.batching import DEFAULT_LATENCY_BUDGET_MS, fit, measure_curve
+from modelrepo.batching import DEFAULT_LATENCY_BUDGET_MS, fit, measure_curve, tuning_limit
 from modelrepo.manifest import Manifest
 from modelrepo.reader import EntryError, ModelFolder, ModelIO, VersionEntry, read_model_folder, read_version
 from protos import model_config_pb2 as mc
@@ -80,16 +80,18 @@ def _build_version(
         policy = policy_from_config(config)
     except ValueError as e:
         raise ModelLoadError(f"model {name}: dynamic_batching: {e}") from None
-    choice = choose_artifact(manifest, entry.path, settings.device)
+    choice = choose_artifact(manifest, entry.path, settings.device, settings.backend)
     data = read_artifact(name, version, choice)
     devices = instance_devices(config, choice.device)
-    spec = entry.io.input_spec
+    io, spec = entry.io, entry.io.input_spec
+    if settings.tune:
+        config, io = raised_to_limit(config, io, manifest)
     backends: list[Backend] = []
     try:
         for device in devices:
             threads = cpus // max(1, devices.count("cpu"))
             backends.append(create_backend(choice, config, device, data, threads, spec))
-        row_seconds = warm_up(name, backends, entry.io)
+        row_seconds = warm_up(name, backends, io)
         check_numerics(name, version, entry.path, choice, backends, metrics)
         # Inline batches run on the event loop: never where a batch waits for a GPU stream.
         inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS and devices == ["cpu"]
@@ -97,12 +99,11 @@ def _build_version(
             # A microsecond model gains nothing from a thread pool; waking one per op costs CPU.
             single = create_backend(choice, config, "cpu", data, 1, spec)
             backends.append(single)
-            warm_up(name, [single], entry.io)
+            warm_up(name, [single], io)
             backends.pop(0).close()
     except BaseException:
         close_backends(backends)
         raise
-    io = entry.io
     if settings.tune:
         config, io = tune(name, config, io, manifest, backends[0])
         policy = policy_from_config(config)
@@ -135,11 +136,27 @@ def _build_version(
     )
 
 
+def raised_to_limit(
+    config: mc.ModelConfig, io: ModelIO, manifest: Manifest
+) -> tuple[mc.ModelConfig, ModelIO]:
+    """The config with ``max_batch_size`` raised to the model's limit (kept in the manifest's batching
+    record), for instances that ``--tune`` measures up to it: the export may have fitted the cap on
+    another device (a CPU's cap, served on a GPU)."""
+    limit = tuning_limit(manifest.batching, config.max_batch_size)
+    if limit == config.max_batch_size:
+        return config, io
+    raised = mc.ModelConfig()
+    raised.CopyFrom(config)
+    raised.max_batch_size = limit
+    return raised, replace(io, max_batch_size=limit)
+
+
 def tune(
     name: str, config: mc.ModelConfig, io: ModelIO, manifest: Manifest, backend: Backend
 ) -> tuple[mc.ModelConfig, ModelIO]:
     """The config with its batching fitted to latencies measured now, on this machine and instance
-    (``--tune``), within the latency budget the export used; the reason goes into its parameters."""
+    (``--tune``), within the latency budget the export used, up to the config's ``max_batch_size`` (the
+    model's limit, :func:`raised_to_limit`); the reason goes into its parameters."""
     budget_ms = float((manifest.batching or {}).get("latency_budget_ms", DEFAULT_LATENCY_BUDGET_MS))
     curve = measure_curve(backend.run, io.input_shape, config.max_batch_size, budget_ms / 1e3)
     fitted = fit(curve, config.max_batch_size, budget_ms)

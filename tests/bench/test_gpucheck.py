@@ -37,7 +37,9 @@ def gpu_image_env(tmp_path_factory) -> dict[str, str]:
 
 
 def test_dry_run_exercises_the_whole_check_on_the_cpu(gpu_image_env, tmp_path):
-    started = time.monotonic()
+    """The GPU's code path on the CPU: the torch programs served (``--backend torch``), asked in-process for
+    a batch above the entries' cap, which is recorded as refused; the record and the server's logs kept
+    under $OUT."""
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--dry-run", "--work", str(tmp_path / "work")],
         env={**gpu_image_env, "OUT": str(tmp_path / "out")},
@@ -47,14 +49,21 @@ def test_dry_run_exercises_the_whole_check_on_the_cpu(gpu_image_env, tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
-    assert record["seconds"] < 60 and time.monotonic() - started < 120
+    assert record["stages"][-1] == "finished" and "failed" not in record
     assert record["environment"]["missing"] == []
     assert "tensorrt: TensorRT plans (int8 on the GPU)" in record["environment"]["absent"]
     assert list(record["models"]) == ["lenet5", "lenet5_fp16", "lenet5_int8"]
     for name, figures in record["models"].items():
-        points = figures["inprocess"]["points"]
-        assert [p["batch"] for p in points["input"]] == [1, 2] and points["image"][0]["images_per_s"] > 0
-        assert figures["served_config"]["served_artifact"] == "model.onnx"
+        inprocess, points = figures["inprocess"], figures["inprocess"]["points"]
+        assert inprocess["max_batch_size"] == 4 and points["image"][0]["images_per_s"] > 0
+        if name.endswith("int8"):  # no torch program: onnxruntime, which takes any batch
+            assert figures["served_config"]["served_artifact"] == "model.onnx"
+            assert [p["batch"] for p in points["input"]] == [1, 2, 8] and inprocess["refused"] == []
+        else:
+            assert figures["served_config"]["served_artifact"] == "model.pt2"
+            assert inprocess["label"] == "torch" and [p["batch"] for p in points["input"]] == [1, 2]
+            assert [(r["kind"], r["batch"]) for r in inprocess["refused"]] == [("input", 8), ("pixels", 8)]
+            assert "a batch of 8 rows; this instance takes at most 4" in inprocess["refused"][0]["reason"]
         answers = figures["answers"]
         gated = [answers[k]["passed"] for k in ("input", "pixels", "image")]
         assert gated == ([None] * 3 if name.endswith("int8") else [True] * 3), answers
@@ -70,7 +79,11 @@ def test_dry_run_exercises_the_whole_check_on_the_cpu(gpu_image_env, tmp_path):
     with Image.open(tmp_path / "out" / "gpu-check.png") as image:
         assert image.format == "PNG"
     table = (tmp_path / "out" / "gpu-check.md").read_text()
-    assert "| lenet5 | onnxruntime | pixels |" in table
+    assert "| lenet5 | torch | pixels |" in table
+    server_log = Path(record["server_log"])
+    assert (
+        server_log.parent == tmp_path / "out" / "logs" and "loaded lenet5 version 1" in server_log.read_text()
+    )
     assert "versions:" in done.stderr and "grpcio" in done.stderr  # versions first
 
 
@@ -128,8 +141,8 @@ def test_a_model_the_server_cannot_load_fails_the_check_at_once(lenet5_export, t
 def test_server_arguments_turn_http_off_where_the_server_has_it():
     from service.settings import Settings
 
-    args = served.server_args("cuda", ["m"])
-    assert args[:4] == ["--device", "cuda", "--load-model", "m"]
+    args = served.server_args("cuda", ["m"], "torch")
+    assert args[:6] == ["--device", "cuda", "--backend", "torch", "--load-model", "m"]
     assert ("--http-port" in args) == ("http_port" in Settings.__dataclass_fields__)
 
 
@@ -143,3 +156,48 @@ def test_dependency_floors_match_the_generated_stubs():
     assert any(d.startswith(f"protobuf>={floors['protobuf']}") for d in dependencies)
     assert environment.REQUIRED["grpcio"][1] == floors["grpcio"] == "1.75.1"
     assert environment.REQUIRED["protobuf"][1] == floors["protobuf"] == "6.31.1"
+
+
+class _ServerThatBreaks:
+    """Started (its log written under the logs folder it was given); its first client call raises."""
+
+    def __init__(self, logs: Path) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / "server-1.log"
+        self.log_path.write_text("the server's log\n")
+        self.terminated = False
+
+    def client(self):
+        raise RuntimeError("the client broke")
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def test_any_error_is_recorded_with_the_steps_done_and_the_logs_kept(tmp_path, monkeypatch):
+    """Not only CheckFailed: an error of any kind stops the check with exit status 1, the record written
+    (steps done, the error, its traceback) and the server's log under $OUT, outside the work folder that
+    is deleted."""
+    import bench.gpucheck as gpucheck
+    from bench.gpucheck.__main__ import main
+
+    servers = []
+
+    def start(repo, logs, device, models, timeout_s, backend):
+        servers.append(_ServerThatBreaks(logs))
+        return servers[-1]
+
+    monkeypatch.setattr(gpucheck, "export", lambda plan, repo, weights, notes: {"seconds": 0, "entries": {}})
+    monkeypatch.setattr(served, "start", start)
+    out = tmp_path / "out"
+    assert main(["--dry-run", "--out", str(out)]) == 1
+    record = json.loads((out / "gpu-check.json").read_text())
+    assert record["stages"] == ["survey", "export", "failed"]
+    assert record["failed"] == "RuntimeError: the client broke"
+    assert 'raise RuntimeError("the client broke")' in record["traceback"]
+    assert record["environment"]["versions"]["python"] and record["plan"]["backend"] == "torch"
+    assert servers[0].terminated and record["server_log"] == str(out / "logs" / "server-1.log")
+    assert (out / "logs" / "server-1.log").read_text() == "the server's log\n"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from modelrepo.batching import batch_sizes, fit, measure_curve
+from modelrepo.batching import batch_sizes, fit, measure_curve, tuning_limit
 
 
 def test_a_cheap_model_gets_the_largest_batch_and_no_delay():
@@ -47,3 +48,11 @@ def test_measure_curve_stops_past_the_budget():
     curve = measure_curve(run, (1, 2, 2), 8, budget_s=1.0)
     assert [b for b, _ in curve] == [1, 2, 4, 8] and all(t >= 0 for _, t in curve)
     assert set(seen) == {1, 2, 4, 8}
+
+
+@pytest.mark.parametrize(
+    ("record", "max_batch_size", "limit"),
+    [({"limit": 128}, 8, 128), ({}, 8, 8), (None, 8, 8), ({"limit": 4}, 8, 8)],
+)
+def test_tune_may_raise_the_cap_to_the_recorded_limit_never_lower_it(record, max_batch_size, limit):
+    assert tuning_limit(record, max_batch_size) == limit

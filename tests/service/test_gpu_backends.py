@@ -89,6 +89,29 @@ def test_the_best_artifact_that_runs_here_is_picked(exported, host, simulated, d
     assert picked(*exported["fp32"], device) == expected
 
 
+@pytest.mark.parametrize(
+    ("backend", "simulated", "device", "expected"),
+    [
+        ("torch", {}, "auto", ("model.pt2", "cpu", False)),
+        ("torch", {}, "cpu", ("model.pt2", "cpu", False)),
+        ("torch", {"torch_cuda": True, "onnxruntime_cuda": True}, "auto", ("model.pt2", "cuda", False)),
+        ("onnxruntime", {"torch_cuda": True}, "auto", ("model.onnx", "cpu", True)),
+        ("tensorrt", {"torch_cuda": True}, "auto", ("model.pt2", "cuda", False)),  # no plan: the ranking
+    ],
+)
+def test_a_backend_preference_is_tried_first(exported, host, backend, simulated, device, expected):
+    host(**simulated)
+    manifest, version_dir = exported["fp32"]
+    found = choice.choose_artifact(manifest, version_dir, device, backend)
+    assert (found.path.name, found.device, found.primary) == expected
+
+
+def test_a_preferred_backend_without_its_artifact_goes_down_the_ranking(exported, host):
+    host()
+    found = choice.choose_artifact(*exported["int8"], "cpu", "torch")  # int8 has no torch program
+    assert (found.path.name, found.device, found.skipped) == ("model.onnx", "cpu", ())
+
+
 def test_a_plan_comes_first_and_its_skip_is_explained(exported, host):
     manifest, version_dir = exported["fp32"]
     host(plan=None)
@@ -277,7 +300,7 @@ def test_unloading_hands_gpu_memory_back(lenet5_export):
 @pytest.mark.gpu
 @needs_cuda
 def test_jpegs_decode_on_the_gpu_as_on_the_cpu():
-    from service.backends.gpu_images import _probe, decode_to_pixels
+    from service.backends.gpu_images import _probe, decode_to_pixels, device_decoder
     from tests.service.test_torch_backend_images import encode, photo
 
     if (reason := _probe("cuda:0")) is not None:
@@ -285,9 +308,23 @@ def test_jpegs_decode_on_the_gpu_as_on_the_cpu():
     from modelrepo.preprocess import IMAGENET_INPUT
 
     images = [encode(photo(320 + 40 * i, 240, seed=i)) for i in range(4)]
-    on_gpu = decode_to_pixels(images, IMAGENET_INPUT, 25_000_000, device="cuda:0")
+    on_gpu = device_decoder("cuda:0")(images, IMAGENET_INPUT, 25_000_000)
     on_cpu = decode_to_pixels(images, IMAGENET_INPUT, 25_000_000, device="cpu")
     assert np.abs(on_gpu.astype(int) - on_cpu).mean() <= 1.0
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_decoding_streams_are_never_an_instances_stream():
+    """Forty instances' streams (more than a pool holds) and the decoding streams: no stream in both."""
+    import torch
+
+    from service.backends.gpu_images import decoder_streams
+    from service.backends.torch_cuda import instance_stream
+
+    decoding = {s.cuda_stream for s in decoder_streams(torch, "cuda:0")}
+    instances = {instance_stream(torch, "cuda:0").cuda_stream for _ in range(40)}
+    assert decoding and decoding.isdisjoint(instances)
 
 
 @pytest.mark.gpu

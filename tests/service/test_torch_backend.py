@@ -14,6 +14,7 @@ import torch
 
 from modelrepo.manifest import Manifest
 from modelrepo.preprocess import normalize_pixels
+from service.backends.base import BatchTooLarge
 from service.backends.buckets import batch_buckets, bucket_for
 from service.backends.staging import INPUT, PIXELS, HostStaging
 from service.backends.torch_backend import TorchBackend, program_unusable_reason
@@ -122,6 +123,15 @@ def test_padded_buckets_drop_the_padding_rows(entries):
     np.testing.assert_allclose(padded.run(x), exact.run(x), rtol=1e-5, atol=1e-6)
     pixels = RNG.integers(0, 256, (5, 32, 32, 1), dtype=np.uint8)  # bucket 8
     np.testing.assert_allclose(padded.run(pixels), exact.run(pixels), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pad_to_buckets", [True, False])
+def test_a_batch_above_the_cap_is_refused_as_too_large(entries, pad_to_buckets):
+    """Padded (as with CUDA graphs) or not, the same error, which the GPU check records as refused."""
+    instance = backend(entries["fp32"], pad_to_buckets=pad_to_buckets)
+    with pytest.raises(BatchTooLarge, match="a batch of 17 rows; this instance takes at most 16"):
+        instance.run(np.zeros((17, 1, 32, 32), np.float32))
+    assert instance.run(np.zeros((16, 1, 32, 32), np.float32)).shape == (16, 10)
 
 
 def test_batches_reuse_the_staging_buffers_and_answers_do_not_alias_them(entries):

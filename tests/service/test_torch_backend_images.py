@@ -14,7 +14,7 @@ from PIL import Image
 
 from modelrepo.preprocess import IMAGENET_INPUT, InputSpec, decode_image, to_pixels
 from protos.wire import serialize_bytes
-from service.backends.gpu_images import decode_to_pixels
+from service.backends.gpu_images import DeviceDecoder, decode_to_pixels
 from service.backends.torch_backend import TorchBackend
 from service.dataplane.images import ImageDecoder
 from service.dataplane.plane import DataPlane, Limits
@@ -151,3 +151,63 @@ def test_the_data_plane_decodes_on_the_backend_that_offers_it(model_repo, digit_
     assert device.shape == (3, 10)
     np.testing.assert_allclose(device, pillow, atol=0.05 * np.abs(pillow).max())
     assert (device.argmax(1) == pillow.argmax(1)).all()
+
+
+class _Stream:
+    """A stream that logs when it is drained."""
+
+    def __init__(self, log: list[str], handle: int = 1) -> None:
+        self.log, self.cuda_stream = log, handle
+
+    def synchronize(self) -> None:
+        self.log.append("synchronize")
+
+
+def test_a_device_decoder_drains_its_stream_before_nvjpeg_writes(monkeypatch):
+    """pytorch/vision#9606: nvJPEG writes before work queued on the caller's stream has run, so every call
+    drains the decoder's stream first (the decoder runs here with device="cpu" and a stand-in stream)."""
+    import torchvision.io
+
+    images = [encode(photo(40, 40, seed)) for seed in range(2)]
+    expected = decode(images, SMALL)
+    log: list[str] = []
+    real = torchvision.io.decode_jpeg
+
+    def decode_jpeg(*args, **kwargs):
+        log.append("decode")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
+    decoder = DeviceDecoder("cpu", [_Stream(log)])
+    for _ in range(2):
+        np.testing.assert_array_equal(decoder(images, SMALL, MAX_PIXELS), expected)
+    assert log == ["synchronize", "decode"] * 2
+
+
+def test_decoding_on_a_gpu_needs_a_stream_of_its_own():
+    with pytest.raises(ValueError, match="needs a stream of the decoder's own"):
+        decode_to_pixels([encode(photo(40, 40))], SMALL, MAX_PIXELS, device="cuda:0")
+
+
+class _StreamPools:
+    """torch.cuda as it hands out streams: round-robin over a pool per priority."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.handed = size, {}
+        self.cuda = self
+
+    def Stream(self, device: str, priority: int = 0) -> _Stream:
+        index = self.handed.get(priority, 0)
+        self.handed[priority] = index + 1
+        return _Stream([], handle=(priority, index % self.size))
+
+
+def test_decoding_streams_come_from_a_pool_instances_never_draw_from():
+    from service.backends.gpu_images import DECODE_STREAMS, decoder_streams
+    from service.backends.torch_cuda import instance_stream
+
+    torch_cuda = _StreamPools(size=32)
+    instances = {instance_stream(torch_cuda, "cuda:0").cuda_stream for _ in range(40)}
+    decoding = [s.cuda_stream for s in decoder_streams(torch_cuda, "cuda:0")]
+    assert len(set(decoding)) == len(decoding) == DECODE_STREAMS and instances.isdisjoint(decoding)
+    assert len(decoder_streams(_StreamPools(size=2), "cuda:0")) == 2  # never the same stream twice
