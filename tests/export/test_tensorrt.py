@@ -87,8 +87,8 @@ def test_int8_source_for_strongly_typed_tensorrt_has_fp16_float_layers(tmp_path)
     from export.calibration import calibration_inputs
     from export.fp16 import FP16_QDQ_OPSET, convert_qdq_fp16
     from export.int8 import quantize_int8
-    from export.onnx_export import export_onnx
     from export.int8_reference import reference_evaluator
+    from export.onnx_export import export_onnx
     from models import get_model, get_model_entry
 
     spec = get_model_entry("lenet5").input_spec
