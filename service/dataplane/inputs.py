@@ -51,10 +51,10 @@ def expected_inputs(io: ModelIO) -> str:
 
 def _check_rows(what: str, rows: int, io: ModelIO) -> None:
     if rows < 1:
-        raise InvalidInput(f"{what}: batch dimension must be >= 1, got {rows}")
+        raise InvalidInput(f"{what}: batch dimension must be >= 1, got {clip(rows)}")
     if rows > io.max_batch_size:
         raise InvalidInput(
-            f"{what}: batch of {rows} rows exceeds the model's max_batch_size {io.max_batch_size}"
+            f"{what}: batch of {clip(rows)} rows exceeds the model's max_batch_size {io.max_batch_size}"
         )
 
 

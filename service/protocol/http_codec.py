@@ -134,8 +134,8 @@ def header_length(value: str | None, body_length: int) -> int | None:
         )
     if not 0 < length <= body_length:
         raise InvalidInput(
-            f"header Inference-Header-Content-Length is {length} but the request body holds {body_length} "
-            "bytes; it must give the length of the JSON header at the start of the body"
+            f"header Inference-Header-Content-Length is {clip(length)} but the request body holds "
+            f"{body_length} bytes; it must give the length of the JSON header at the start of the body"
         )
     return length
 
@@ -235,8 +235,8 @@ def _input(
         remaining = len(body) - offset
         if size > remaining:
             raise InvalidInput(
-                f"{where}: {BINARY_DATA_SIZE} is {size} but only {remaining} bytes of binary data remain "
-                "in the request body"
+                f"{where}: {BINARY_DATA_SIZE} is {clip(size)} but only {remaining} bytes of binary data "
+                "remain in the request body"
             )
         raw, offset = body[offset : offset + size], offset + size
     else:

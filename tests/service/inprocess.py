@@ -27,6 +27,17 @@ from service.settings import load_settings
 TEST_TIMEOUT_S = 120  # no in-process test runs longer than this
 
 
+def linear_model(repo: Path, name: str = "lenet5", **batching: Any) -> Path:
+    """A model with LeNet-5's inputs and outputs (a linear classifier, written by hand: no training or
+    export) as ``repo/name``; it fails on inputs >= 1 (:func:`harness.repository.faulty_onnx`)."""
+    from harness.repository import add_model, faulty_onnx
+    from models.lenet import DIGIT_LABELS, DIGITS_INPUT
+
+    artifact = repo.parent / f"{name}.onnx"
+    faulty_onnx(artifact, DIGITS_INPUT)
+    return add_model(repo, name, artifact, spec=DIGITS_INPUT, labels=DIGIT_LABELS, **batching)
+
+
 def run(main: Coroutine[Any, Any, Any], timeout: float = TEST_TIMEOUT_S) -> Any:
     """``main`` in a fresh event loop, bounded."""
     return asyncio.run(asyncio.wait_for(main, timeout))
