@@ -39,6 +39,7 @@ from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse
 from service.errors import HTTP_STATUS, Cancelled, InvalidInput, PayloadTooLarge, ServeError, clip
 from service.protocol import http_codec as codec
+from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
 from service.protocol.security import Restriction
 from service.serving.model_names import check_model_name
@@ -401,6 +402,7 @@ class HttpServer:
     """An app served by uvicorn on ``host:port`` in the running event loop; bound at construction."""
 
     def __init__(self, app, host: str, port: int, **tls) -> None:
+        quiet_client_noise()
         self.server = EmbeddedUvicorn(uvicorn_config(app, **tls))
         try:
             self.socket = listening_socket(host, port)
