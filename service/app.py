@@ -214,8 +214,30 @@ class Server:
         log.info("stopped after %.2fs of draining", time.monotonic() - started)
 
 
+def check_repository(settings: Settings) -> None:
+    """Refuse to start on a repository folder that does not exist (as Triton does), unless the operator
+    asked to wait for it (--repo-wait)."""
+    if settings.repo.is_dir():
+        return
+    if settings.repo_wait:
+        log.warning(
+            "model repository %s does not exist yet; serving without models until it appears (--repo-wait)",
+            settings.repo,
+        )
+        return
+    raise RepositoryMissing(
+        f"model repository {settings.repo} does not exist or is not a folder; not starting (give "
+        "--repo-wait to start anyway and load it once it appears, with --model-control-mode poll)"
+    )
+
+
+class RepositoryMissing(OSError):
+    """The repository folder the server was started on is not there."""
+
+
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    check_repository(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

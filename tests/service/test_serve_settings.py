@@ -63,6 +63,7 @@ def test_env_names_match_the_contract():
         "tls_client_ca": "SERVE_TLS_CLIENT_CA",
         "restricted_protocol": "SERVE_RESTRICTED_PROTOCOL",
         "tune": "SERVE_TUNE",
+        "repo_wait": "SERVE_REPO_WAIT",
     }
 
 
@@ -96,6 +97,7 @@ def test_env_then_flags():
         ([], {"SERVE_DEVICE": "tpu"}, "--device / SERVE_DEVICE must be one of auto, cpu, cuda"),
         (["--poll-interval", "0"], {}, "must be > 0 seconds"),
         (["--max-message-bytes", "10"], {}, "at least 1024 bytes"),
+        (["--repo-wait"], {}, "--repo-wait / SERVE_REPO_WAIT needs --model-control-mode"),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):
