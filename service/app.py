@@ -125,18 +125,11 @@ class Server:
     def _start_http(self, with_metrics: bool) -> None:
         """The HTTP/REST port, bound after gRPC's (a busy gRPC port is the error reported first). Its
         stack (Starlette, uvicorn) is imported only here: with ``--http-port 0`` the server needs neither."""
-        from service.protocol.http_server import HttpFrontEnd, HttpServer
+        from service.protocol.http_server import HttpServer
 
         settings = self.settings
-        front_end = HttpFrontEnd(
-            self.plane,
-            self.health,
-            max_body_bytes=settings.max_message_bytes,
-            restrictions=self.restrictions,
-            registry=self.metrics.registry if with_metrics else None,
-        )
         self.http = HttpServer(
-            front_end.app(),
+            self.http_app(with_metrics),
             settings.host,
             settings.http_port,
             tls_cert=settings.tls_cert,
@@ -152,10 +145,34 @@ class Server:
             " with /metrics" if with_metrics else "",
         )
 
+    def http_app(self, with_metrics: bool = False):
+        """The HTTP/REST front end's ASGI app over this server's data plane (``with_metrics``: and
+        /metrics)."""
+        from service.protocol.http_server import HttpFrontEnd
+
+        return HttpFrontEnd(
+            self.plane,
+            self.health,
+            max_body_bytes=self.settings.max_message_bytes,
+            restrictions=self.restrictions,
+            registry=self.metrics.registry if with_metrics else None,
+        ).app()
+
+    async def load_startup_models(self) -> None:
+        """Load the startup models and report ready (or why not)."""
+        await self.manager.start()
+        self.plane.started = True
+        self._update_readiness()
+        if self.plane.ready:
+            log.info("ready: %d model version(s) loaded", len(self.manager.loaded()))
+        else:
+            failed = ", ".join(self.manager.failed())
+            log.error("not ready: model(s) failed to load: %s (ready again once fixed)", failed)
+
     async def serve_until(self, stop: asyncio.Event) -> None:
         """Load the startup models, report ready, and serve until ``stop`` is set."""
         loop = asyncio.get_running_loop()
-        startup = loop.create_task(self.manager.start(), name="startup")
+        startup = loop.create_task(self.load_startup_models(), name="startup")
         stopped = loop.create_task(stop.wait())
         await asyncio.wait((startup, stopped), return_when=asyncio.FIRST_COMPLETED)
         if not startup.done():  # stopped while loading
@@ -164,14 +181,6 @@ class Server:
             return
         if startup.exception() is not None:
             log.error("startup failed", exc_info=startup.exception())
-        else:
-            self.plane.started = True
-            self._update_readiness()
-            if self.plane.ready:
-                log.info("ready: %d model version(s) loaded", len(self.manager.loaded()))
-            else:
-                failed = ", ".join(self.manager.failed())
-                log.error("not ready: model(s) failed to load: %s (ready again once fixed)", failed)
         await stopped
 
     async def drain(self) -> None:
@@ -205,8 +214,30 @@ class Server:
         log.info("stopped after %.2fs of draining", time.monotonic() - started)
 
 
+def check_repository(settings: Settings) -> None:
+    """Refuse to start on a repository folder that does not exist (as Triton does), unless the operator
+    asked to wait for it (--repo-wait)."""
+    if settings.repo.is_dir():
+        return
+    if settings.repo_wait:
+        log.warning(
+            "model repository %s does not exist yet; serving without models until it appears (--repo-wait)",
+            settings.repo,
+        )
+        return
+    raise RepositoryMissing(
+        f"model repository {settings.repo} does not exist or is not a folder; not starting (give "
+        "--repo-wait to start anyway and load it once it appears, with --model-control-mode poll)"
+    )
+
+
+class RepositoryMissing(OSError):
+    """The repository folder the server was started on is not there."""
+
+
 async def serve(settings: Settings) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    check_repository(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ lower-cased name as the request's ``outcome``. Nothing here imports a transport.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 # gRPC status name -> HTTP status (KServe v2 REST / Triton's HTTP front end)
@@ -55,6 +56,13 @@ class ModelNotFound(ServeError):
 
 class InvalidInput(ServeError):
     status = "INVALID_ARGUMENT"
+
+
+class PayloadTooLarge(ServeError):
+    """A request body over a limit (gRPC refuses such a message with RESOURCE_EXHAUSTED)."""
+
+    status = "RESOURCE_EXHAUSTED"
+    http_status = 413
 
 
 class Overloaded(ServeError):
@@ -145,6 +153,41 @@ def redact_paths(message: str, root: Path | None = None) -> str:
     return _ABSOLUTE_PATH.sub(replace, message)
 
 
+CLIP_CHARS = 64  # what a message shows of one value a client sent
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """``repr(value)`` in about ``limit`` characters, made without formatting more of ``value`` than it
+    shows: a client's name, shape or header can be megabytes, and a message must not cost their size."""
+    if isinstance(value, str | bytes | bytearray):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}...({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, bool | float) or value is None:
+        return repr(value)
+    if isinstance(value, int):  # int -> str costs time quadratic in the digits (and fails past 4300)
+        bits = value.bit_length()
+        return repr(value) if bits <= 4 * limit else f"<an integer of {bits} bits>"
+    if isinstance(value, Mapping):
+        return f"<an object of {len(value)} entries>"
+    try:
+        count = len(value)  # type: ignore[arg-type]
+        items = iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}...({type(value).__name__})"
+    shown, used = [], 0
+    for item in items:
+        if used >= limit:
+            break
+        text = clip(item, limit // 4)
+        shown.append(text)
+        used += len(text) + 2
+    if len(shown) == count:
+        return "[" + ", ".join(shown) + "]"
+    return "[" + "".join(f"{text}, " for text in shown) + f"...({count} items)]"
+
+
 # A gRPC status message travels in HTTP/2 trailers, which clients refuse past 8-16 KiB (and percent-encode
 # non-ASCII bytes into three): a message that echoes a hostile name whole would not arrive at all.
 MAX_MESSAGE_BYTES = 1024
@@ -153,7 +196,9 @@ MAX_MESSAGE_BYTES = 1024
 def shorten(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     """``message`` within ``limit`` UTF-8 bytes: its start and its end (which says what was expected),
     with how much was left out between them."""
-    data = message.encode()
+    if len(message) <= limit // 4:  # no character takes more than 4 bytes: no need to encode
+        return message
+    data = message.encode(errors="surrogatepass")
     if len(data) <= limit:
         return message
     head = data[: limit * 2 // 3].decode(errors="ignore")
@@ -161,8 +206,19 @@ def shorten(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     return f"{head} ...[{len(data)} bytes, shortened]... {tail}"
 
 
+def _bound(message: str, limit: int) -> str:
+    """``message`` cut to its first and last ``limit // 2`` characters at spaces, so that no path is cut
+    in two (a path's tail would escape :func:`redact_paths`)."""
+    if len(message) <= limit:
+        return message
+    head = message[: limit // 2].rsplit(" ", 1)[0]
+    tail = message[-(limit // 2) :].split(" ", 1)[-1]
+    return f"{head} ...[{len(message)} characters, shortened]... {tail}"
+
+
 def public_status(exc: BaseException, root: Path | None = None) -> tuple[str, str]:
     """What a client is told of an exception: (status name, message without filesystem paths, within
-    :data:`MAX_MESSAGE_BYTES`)."""
+    :data:`MAX_MESSAGE_BYTES`). The message is bounded before the paths are looked for, in case client
+    data reached it unclipped."""
     error = to_serve_error(exc)
-    return error.status, shorten(redact_paths(error.message, root))
+    return error.status, shorten(redact_paths(_bound(error.message, 8 * MAX_MESSAGE_BYTES), root))

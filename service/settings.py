@@ -54,6 +54,7 @@ class Settings:
     tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a certificate it signed
     restricted_protocol: tuple[str, ...] = ()  # "GROUP[,GROUP...]:KEY=VALUE" each
     tune: bool = False  # re-fit each model's batching to latencies measured at warm-up
+    repo_wait: bool = False  # start though `repo` does not exist yet (a volume that mounts late)
 
     def __post_init__(self) -> None:
         for name, choices in CHOICES.items():
@@ -75,6 +76,11 @@ class Settings:
                 raise SettingsError(f"{_describe(name)} must be >= 1, got {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError(f"{_describe('tls_cert')} and {_describe('tls_key')} go together")
+        if self.repo_wait and self.model_control_mode == "none":
+            raise SettingsError(
+                f"{_describe('repo_wait')} needs {_describe('model_control_mode')} poll (or explicit): "
+                "with none, a repository that appears later would never be loaded"
+            )
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise SettingsError(f"{_describe('tls_client_ca')} needs {_describe('tls_cert')} and its key")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
@@ -183,6 +189,14 @@ OPTIONS: dict[str, _Option] = {
         "SERVE_TUNE",
         _boolean,
         "re-fit batching (max batch, preferred size, delay) to latencies measured at warm-up",
+        extra={"action": "store_const", "const": "1"},
+    ),
+    "repo_wait": _Option(
+        "--repo-wait",
+        "SERVE_REPO_WAIT",
+        _boolean,
+        "start though --repo does not exist yet, and load it once it appears (poll); without it the "
+        "server refuses to start",
         extra={"action": "store_const", "const": "1"},
     ),
 }

@@ -14,10 +14,11 @@ from modelrepo.names import IMAGE_INPUT, PIXELS_INPUT
 from modelrepo.reader import ModelIO
 from protos.wire import BYTES, NUMPY_DTYPES, WireFormatError, bytes_offsets
 from service.dataplane.types import InferRequest, InputTensor, Parameters
-from service.errors import InvalidInput
+from service.errors import InvalidInput, clip
 
 CLASSIFICATION = "classification"  # requested-output parameter: top-k as "score:index:label"
 TIMEOUT_PARAMETER = "timeout"  # request parameter, microseconds (Triton's)
+MAX_PARAMETER = 2**63 - 1  # integer parameters travel as int64 (gRPC) and must fit one
 FP32, UINT8 = NUMPY_DTYPES["FP32"], NUMPY_DTYPES["UINT8"]
 
 TENSOR, PIXELS, IMAGES = "tensor", "pixels", "images"
@@ -50,10 +51,10 @@ def expected_inputs(io: ModelIO) -> str:
 
 def _check_rows(what: str, rows: int, io: ModelIO) -> None:
     if rows < 1:
-        raise InvalidInput(f"{what}: batch dimension must be >= 1, got {rows}")
+        raise InvalidInput(f"{what}: batch dimension must be >= 1, got {clip(rows)}")
     if rows > io.max_batch_size:
         raise InvalidInput(
-            f"{what}: batch of {rows} rows exceeds the model's max_batch_size {io.max_batch_size}"
+            f"{what}: batch of {clip(rows)} rows exceeds the model's max_batch_size {io.max_batch_size}"
         )
 
 
@@ -68,13 +69,13 @@ def _numeric_tensor(
 ) -> ModelInput:
     """An input of ``datatype`` and shape [N, *row_shape]: raw bytes viewed without copying, or typed
     values converted."""
-    what = f"input {tensor.name!r}"
+    what = f"input {clip(tensor.name)}"
     shape = tensor.shape
     if tensor.datatype != datatype:
-        raise InvalidInput(f"{what}: datatype must be {datatype}, got {tensor.datatype!r}")
+        raise InvalidInput(f"{what}: datatype must be {datatype}, got {clip(tensor.datatype)}")
     if len(shape) != 1 + len(row_shape) or tuple(shape[1:]) != row_shape:
         expected = ", ".join(map(str, row_shape))
-        raise InvalidInput(f"{what}: shape must be [N, {expected}] ({layout}), got {list(shape)}")
+        raise InvalidInput(f"{what}: shape must be [N, {expected}] ({layout}), got {clip(shape)}")
     rows = shape[0]
     _check_rows(what, rows, io)
     dtype = NUMPY_DTYPES[datatype]
@@ -87,17 +88,17 @@ def _numeric_tensor(
         if len(raw) != expected:
             raise InvalidInput(
                 f"{what}: raw contents hold {len(raw)} bytes, expected {expected} "
-                f"({count} {datatype} elements of shape {list(shape)})"
+                f"({count} {datatype} elements of shape {clip(shape)})"
             )
         return ModelInput(kind, rows, np.frombuffer(raw, dtype=dtype).reshape(shape))  # zero-copy, read-only
     values = tensor.values
     if values is None or len(values) != count:
         got = 0 if values is None else len(values)
-        raise InvalidInput(f"{what}: holds {got} elements, expected {count} for shape {list(shape)}")
+        raise InvalidInput(f"{what}: holds {got} elements, expected {count} for shape {clip(shape)}")
     try:
         array = np.asarray(values, dtype=np.float64 if dtype == FP32 else np.int64)
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{what}: elements must be numbers: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidInput(f"{what}: elements must be numbers: {clip(str(e))}") from None
     if dtype == UINT8 and array.size and (array.min() < 0 or array.max() > 255):
         raise InvalidInput(f"{what}: UINT8 elements must lie in 0..255")
     return ModelInput(kind, rows, array.astype(dtype).reshape(shape))
@@ -107,10 +108,10 @@ def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
     what = f"input {IMAGE_INPUT!r}"
     shape = tensor.shape
     if tensor.datatype != BYTES:
-        raise InvalidInput(f"{what}: datatype must be BYTES (encoded JPEG/PNG), got {tensor.datatype!r}")
+        raise InvalidInput(f"{what}: datatype must be BYTES (encoded JPEG/PNG), got {clip(tensor.datatype)}")
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise InvalidInput(
-            f"{what}: shape must be [N] or [N, 1] (one encoded image per row), got {list(shape)}"
+            f"{what}: shape must be [N] or [N, 1] (one encoded image per row), got {clip(shape)}"
         )
     rows = shape[0]
     _check_rows(what, rows, io)
@@ -119,21 +120,21 @@ def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
         try:
             spans = bytes_offsets(raw, limit=rows)
         except WireFormatError as e:
-            raise InvalidInput(f"{what}: {e}, expected {rows} for shape {list(shape)}") from None
+            raise InvalidInput(f"{what}: {e}, expected {rows} for shape {clip(shape)}") from None
         view = memoryview(raw)
         items = [bytes(view[start:stop]) for start, stop in spans]
     else:
         values = tensor.values or ()
         if len(values) != rows:  # counted before a single element is copied (a bomb holds millions)
             raise InvalidInput(
-                f"{what}: holds {len(values)} BYTES elements, expected {rows} for shape {list(shape)}"
+                f"{what}: holds {len(values)} BYTES elements, expected {rows} for shape {clip(shape)}"
             )
         items = list(values)
         if not all(isinstance(x, bytes) for x in items):
             raise InvalidInput(f"{what}: elements must be bytes (encoded images)")
     if len(items) != rows:
         raise InvalidInput(
-            f"{what}: holds {len(items)} BYTES elements, expected {rows} for shape {list(shape)}"
+            f"{what}: holds {len(items)} BYTES elements, expected {rows} for shape {clip(shape)}"
         )
     return ModelInput(IMAGES, rows, items)
 
@@ -143,8 +144,8 @@ def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
     inputs = request.inputs
     if len(inputs) != 1:
         names = [t.name for t in inputs]
-        got = "no inputs" if not names else f"inputs {names}"
-        raise InvalidInput(f"request has {got}; model {request.model!r} expects {expected_inputs(io)}")
+        got = "no inputs" if not names else f"inputs {clip(names)}"
+        raise InvalidInput(f"request has {got}; model {clip(request.model)} expects {expected_inputs(io)}")
     tensor = inputs[0]
     if tensor.name == io.input_name:
         return _numeric_tensor(tensor, io, TENSOR, "FP32", io.input_shape, "NCHW, normalized")
@@ -153,7 +154,7 @@ def read_input(request: InferRequest, io: ModelIO) -> ModelInput:
     if tensor.name == IMAGE_INPUT:
         return _image_tensor(tensor, io)
     raise InvalidInput(
-        f"unknown input {tensor.name!r}; model {request.model!r} expects {expected_inputs(io)}"
+        f"unknown input {clip(tensor.name)}; model {clip(request.model)} expects {expected_inputs(io)}"
     )
 
 
@@ -165,7 +166,9 @@ def _integer(parameters: Parameters, key: str, what: str = "an integer") -> int 
     if value is None:  # the parameter is there with none of its value fields set
         raise InvalidInput(f"parameter {key!r} must be {what}, got no value")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {value!r}")
+        raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {clip(value)}")
+    if not -MAX_PARAMETER <= value <= MAX_PARAMETER:
+        raise InvalidInput(f"parameter {key!r} must be {what} within int64, got {clip(value)}")
     return value
 
 
@@ -176,10 +179,12 @@ def read_top_k(request: InferRequest, io: ModelIO) -> int:
         return 0
     if len(outputs) > 1:
         names = [o.name for o in outputs]
-        raise InvalidInput(f"request asks for outputs {names}; the model has one output {io.output_name!r}")
+        raise InvalidInput(
+            f"request asks for outputs {clip(names)}; the model has one output {io.output_name!r}"
+        )
     output = outputs[0]
     if output.name != io.output_name:
-        raise InvalidInput(f"unknown output {output.name!r}; the model has one output {io.output_name!r}")
+        raise InvalidInput(f"unknown output {clip(output.name)}; the model has one output {io.output_name!r}")
     if not output.parameters or CLASSIFICATION not in output.parameters:
         return 0
     try:

@@ -33,10 +33,12 @@ from service.errors import (
     Overloaded,
     ServeError,
     Unavailable,
+    clip,
     public_status,
     redact_paths,
 )
 from service.serving import InflightCounter, ModelManager, RepositoryEntry, ServedVersion
+from service.serving.model_names import check_model_name
 from service.telemetry.prometheus import ServerMetrics
 from service.telemetry.stats import ModelStats
 
@@ -229,18 +231,23 @@ class DataPlane:
             log.error("unexpected error", exc_info=exc)
         return public_status(exc, self.manager.repo)
 
+    def check_model_control(self, action: str, name: str) -> None:
+        """What a load or unload is checked for before its request is read: the mode, and the name."""
+        self.manager.check_explicit(action)
+        check_model_name(name)
+
     async def load_model(self, name: str, parameters: Sequence[str] = ()) -> None:
-        self.manager.check_explicit("load")
+        self.check_model_control("load", name)
         if parameters:
             raise InvalidInput(
-                f"RepositoryModelLoad parameters {sorted(parameters)} are not supported; the "
+                f"RepositoryModelLoad parameters {clip(sorted(parameters))} are not supported; the "
                 "model is loaded from the repository as it is on disk"
             )
         await self.manager.load(name)
 
     async def unload_model(self, name: str, parameters: Sequence[str] = ()) -> None:
-        self.manager.check_explicit("unload")
+        self.check_model_control("unload", name)
         unknown = sorted(set(parameters) - {"unload_dependents"})  # no ensembles: nothing depends on a model
         if unknown:
-            raise InvalidInput(f"RepositoryModelUnload parameters {unknown} are not supported")
+            raise InvalidInput(f"RepositoryModelUnload parameters {clip(unknown)} are not supported")
         await self.manager.unload(name)

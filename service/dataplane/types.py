@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 Parameters = dict[str, Any]  # bool, int, float or str values, as KServe v2 parameters carry
+MAX_SHAPE_DIMS = 16  # dimensions of a tensor's shape a front end takes in (a CNN's inputs have 2 to 4)
 
 
 class InputTensor:

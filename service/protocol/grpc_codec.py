@@ -15,6 +15,7 @@ from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
 from protos.wire import BYTES, CONTENTS_FIELDS, NUMPY_DTYPES, serialize_bytes
 from service.dataplane.types import (
+    MAX_SHAPE_DIMS,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -23,7 +24,7 @@ from service.dataplane.types import (
     RequestedOutput,
     ServerMetadata,
 )
-from service.errors import InvalidInput
+from service.errors import InvalidInput, clip
 from service.serving import RepositoryEntry
 from service.telemetry.stats import ModelStats
 
@@ -45,7 +46,7 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor):
     field = CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
         raise InvalidInput(
-            f"input {tensor.name!r}: datatype {tensor.datatype!r} cannot travel as typed contents; "
+            f"input {clip(tensor.name)}: datatype {clip(tensor.datatype)} cannot travel as typed contents; "
             "send raw_input_contents"
         )
     return getattr(tensor.contents, field)
@@ -60,6 +61,11 @@ def infer_request(message: pb.ModelInferRequest, time_remaining: float | None) -
         raise InvalidInput(f"raw_input_contents has {raw_count} entries for {len(tensors)} inputs")
     inputs = []
     for i, tensor in enumerate(tensors):
+        if len(tensor.shape) > MAX_SHAPE_DIMS:  # before the shape is copied
+            dims = len(tensor.shape)
+            raise InvalidInput(
+                f"input {clip(tensor.name)}: shape has {dims} dimensions, more than {MAX_SHAPE_DIMS}"
+            )
         values = _typed_contents(tensor) if tensor.HasField("contents") else None
         params = parameters(tensor.parameters) if tensor.parameters else None
         raw = raws[i] if raw_count else None

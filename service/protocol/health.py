@@ -23,7 +23,7 @@ import grpc
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import health_pb2, health_pb2_grpc
-from service.errors import shorten
+from service.errors import clip
 from service.protocol.grpc_handlers import Unparseable, add_servicer
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class AioHealthServicer(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         status = self.state.status(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, shorten(f"unknown service {request.service!r}"))
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {clip(request.service)}")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request, context) -> AsyncIterator[health_pb2.HealthCheckResponse]:
@@ -186,7 +186,7 @@ class _ThreadHealthServicer(health_pb2_grpc.HealthServicer):
         _refuse_unparseable(request, context)
         status = self.state.status(request.service)
         if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, shorten(f"unknown service {request.service!r}"))
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {clip(request.service)}")
         return health_pb2.HealthCheckResponse(status=status)
 
     def Watch(self, request, context):

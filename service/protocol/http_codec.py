@@ -26,6 +26,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from protos import model_config_pb2 as mc
 from protos.wire import BYTES, NUMPY_DTYPES, serialize_bytes
 from service.dataplane.types import (
+    MAX_SHAPE_DIMS,
     InferRequest,
     InferResponse,
     InputTensor,
@@ -35,7 +36,7 @@ from service.dataplane.types import (
     RequestedOutput,
     ServerMetadata,
 )
-from service.errors import InvalidInput
+from service.errors import InvalidInput, clip
 from service.serving import RepositoryEntry
 from service.telemetry.stats import ModelStats
 
@@ -73,7 +74,7 @@ def _parameters(value: Any, where: str) -> Parameters:
     for key, item in value.items():
         if not isinstance(item, str | int | float | bool):
             raise InvalidInput(
-                f"{where}: parameter {key!r} must be a string, number or boolean, got {_type_name(item)}"
+                f"{where}: parameter {clip(key)} must be a string, number or boolean, got {_type_name(item)}"
             )
     return dict(value)
 
@@ -81,7 +82,7 @@ def _parameters(value: Any, where: str) -> Parameters:
 def _flag(parameters: Parameters, key: str, where: str) -> bool:
     value = parameters.pop(key, False)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{where}: parameter {key!r} must be a boolean, got {value!r}")
+        raise InvalidInput(f"{where}: parameter {key!r} must be a boolean, got {clip(value)}")
     return value
 
 
@@ -124,7 +125,7 @@ def header_length(value: str | None, body_length: int) -> int | None:
         length = int(value)
     except ValueError:
         raise InvalidInput(
-            f"header Inference-Header-Content-Length must be an integer, got {value!r}"
+            f"header Inference-Header-Content-Length must be an integer, got {clip(value)}"
         ) from None
     if length == 0:
         raise InvalidInput(
@@ -133,8 +134,8 @@ def header_length(value: str | None, body_length: int) -> int | None:
         )
     if not 0 < length <= body_length:
         raise InvalidInput(
-            f"header Inference-Header-Content-Length is {length} but the request body holds {body_length} "
-            "bytes; it must give the length of the JSON header at the start of the body"
+            f"header Inference-Header-Content-Length is {clip(length)} but the request body holds "
+            f"{body_length} bytes; it must give the length of the JSON header at the start of the body"
         )
     return length
 
@@ -144,11 +145,16 @@ def _json_values(data: Any, datatype: str, where: str) -> np.ndarray | list[byte
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be a list of the elements in row-major order")
     if datatype == BYTES:
-        return [item.encode() for item in _flatten_strings(data, where)]
+        try:
+            return [item.encode() for item in _flatten_strings(data, where)]
+        except UnicodeEncodeError:  # JSON lets a string hold a lone surrogate ("\ud800"); UTF-8 does not
+            raise InvalidInput(
+                f"{where}: BYTES elements must be valid Unicode text; one holds a lone surrogate"
+            ) from None
     kinds = _KINDS.get(datatype)
     if kinds is None:
         raise InvalidInput(
-            f"{where}: unknown datatype {datatype!r}; one of {', '.join([*NUMPY_DTYPES, BYTES])}"
+            f"{where}: unknown datatype {clip(datatype)}; one of {', '.join([*NUMPY_DTYPES, BYTES])}"
         )
     if not data:
         return np.empty(0, NUMPY_DTYPES[datatype])
@@ -194,13 +200,15 @@ def _input(
     name = entry.get("name")
     if not isinstance(name, str):
         raise InvalidInput(f"{where}: 'name' must be a string, got {_type_name(name)}")
-    where = f"input {name!r}"
+    where = f"input {clip(name)}"
     datatype = entry.get("datatype")
     if not isinstance(datatype, str):
         raise InvalidInput(f"{where}: 'datatype' must be a string, got {_type_name(datatype)}")
     shape = entry.get("shape")
+    if isinstance(shape, list) and len(shape) > MAX_SHAPE_DIMS:
+        raise InvalidInput(f"{where}: 'shape' has {len(shape)} dimensions, more than {MAX_SHAPE_DIMS}")
     if not isinstance(shape, list) or not all(_count(d) for d in shape):
-        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers, got {clip(shape)}")
     parameters = _parameters(entry.get("parameters"), where)
     if SHARED_MEMORY in parameters:
         raise InvalidInput(
@@ -222,13 +230,13 @@ def _input(
             )
         if not _count(size):
             raise InvalidInput(
-                f"{where}: parameter {BINARY_DATA_SIZE!r} must be a non-negative integer, got {size!r}"
+                f"{where}: parameter {BINARY_DATA_SIZE!r} must be a non-negative integer, got {clip(size)}"
             )
         remaining = len(body) - offset
         if size > remaining:
             raise InvalidInput(
-                f"{where}: {BINARY_DATA_SIZE} is {size} but only {remaining} bytes of binary data remain "
-                "in the request body"
+                f"{where}: {BINARY_DATA_SIZE} is {clip(size)} but only {remaining} bytes of binary data "
+                "remain in the request body"
             )
         raw, offset = body[offset : offset + size], offset + size
     else:
@@ -247,7 +255,7 @@ def _outputs(entries: Any, choice: OutputChoice) -> list[RequestedOutput] | None
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidInput(f"{where}: must be an object with a string 'name'")
         name = entry["name"]
-        where = f"output {name!r}"
+        where = f"output {clip(name)}"
         parameters = _parameters(entry.get("parameters"), where)
         if SHARED_MEMORY in parameters:
             raise InvalidInput(f"{where}: shared memory ({SHARED_MEMORY!r}) is not supported")

@@ -37,23 +37,29 @@ from starlette.routing import Route
 
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse
-from service.errors import HTTP_STATUS, Cancelled, InvalidInput, ServeError
+from service.errors import HTTP_STATUS, Cancelled, InvalidInput, PayloadTooLarge, ServeError, clip
 from service.protocol import http_codec as codec
+from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
 from service.protocol.security import Restriction
+from service.serving.model_names import check_model_name
 from service.telemetry.stats import HTTP, REQUEST_PROTOCOL
 
 log = logging.getLogger(__name__)
 
 JSON_INLINE_BYTES = 1 << 18  # larger JSON headers are parsed off the event loop (other requests go on)
+# Repository index, load and unload take a few parameters: their bodies are small, whatever
+# --max-message-bytes allows inference.
+CONTROL_BODY_BYTES = 64 * 1024
+MESSAGE_LIMIT = "--max-message-bytes"
+CONTROL_LIMIT = "the limit of repository control requests"
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
-
-
-class PayloadTooLarge(ServeError):
-    """A request body over --max-message-bytes (gRPC refuses such a message with RESOURCE_EXHAUSTED)."""
-
-    status = "RESOURCE_EXHAUSTED"
-    http_status = 413
+MAX_INFLATE_RATIO = 256  # bytes a compressed body may inflate to per byte received...
+RATIO_FREE_BYTES = 1 << 20  # ...once past this size (a small body may inflate as far as it likes)
+# Inflating runs on the event loop only when both the body and what it may inflate to are this small
+# (tens of microseconds); otherwise on a thread (zlib releases the GIL).
+INFLATE_INLINE_BYTES = 4096
+INFLATE_INLINE_LIMIT = CONTROL_BODY_BYTES
 
 
 class UnsupportedEncoding(InvalidInput):
@@ -147,15 +153,23 @@ class HttpFrontEnd:
         # Refused unread (too large), or draining: the client should go elsewhere on a new connection.
         return error_response(code, message, close=isinstance(exc, PayloadTooLarge) or code == 503)
 
-    async def body(self, request: Request) -> bytes:
-        """The request body, refused (413) past the limit before it is all read: by its Content-Length
-        when it has one, else as the chunks arrive; decompressed (gzip, deflate) within the same limit."""
-        limit = self.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+    async def body(
+        self, request: Request, limit: int | None = None, limit_name: str = MESSAGE_LIMIT
+    ) -> bytes:
+        """The request body, refused (413) past ``limit`` (default: --max-message-bytes) before it is all
+        read: by its Content-Length when it has one, else as the chunks arrive; decompressed (gzip,
+        deflate) within the same limit (:func:`inflate`)."""
+        limit = self.max_body_bytes if limit is None else limit
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity" and encoding not in ENCODINGS:  # refused before the body is read
+            raise UnsupportedEncoding(
+                f"header Content-Encoding {clip(encoding)} is not supported; send gzip, deflate or identity"
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            size = declared if len(declared) <= 18 else f"a {len(declared)}-digit number of"
             raise PayloadTooLarge(
-                f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes "
-                "(--max-message-bytes)"
+                f"request body of {size} bytes exceeds the server's limit of {limit} bytes ({limit_name})"
             )
         chunks, size = [], 0
         try:
@@ -164,30 +178,17 @@ class HttpFrontEnd:
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(
-                            f"request body exceeds the server's limit of {limit} bytes (--max-message-bytes)"
+                            f"request body exceeds the server's limit of {limit} bytes ({limit_name})"
                         )
                     chunks.append(chunk)
         except ClientDisconnect:
             raise Cancelled("the client went away before it sent the whole request body") from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding == "identity":
             return body
-        if encoding not in ENCODINGS:
-            raise UnsupportedEncoding(
-                f"header Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity"
-            )
-        inflater = zlib.decompressobj(ENCODINGS[encoding])
-        try:
-            plain = inflater.decompress(body, limit + 1)
-        except zlib.error as e:
-            raise InvalidInput(f"request body is not valid {encoding} data (Content-Encoding): {e}") from None
-        if len(plain) > limit:
-            raise PayloadTooLarge(
-                f"request body decompresses to more than the server's limit of {limit} bytes "
-                "(--max-message-bytes)"
-            )
-        return plain
+        if len(body) <= INFLATE_INLINE_BYTES and limit <= INFLATE_INLINE_LIMIT:
+            return inflate(body, encoding, limit, limit_name)
+        return await asyncio.to_thread(inflate, body, encoding, limit, limit_name)
 
     # ------------------------------------------------------------------------------ inference
 
@@ -260,7 +261,8 @@ class HttpFrontEnd:
         model, version = _model(request)
         if self.health.model_ready(model, version):
             return Response(status_code=200)
-        shown = repr(model) + (f" version {version}" if version else "")
+        check_model_name(model)
+        shown = clip(model) + (f" version {clip(version)}" if version else "")
         return error_response(400, f"model {shown} is not ready")
 
     # ----------------------------------------------------------------------------- the rest
@@ -283,28 +285,59 @@ class HttpFrontEnd:
         stats = self.plane.model_statistics(params.get("model", ""), params.get("version", ""))
         return _json(codec.model_statistics(stats))
 
+    async def control_body(self, request: Request, what: str) -> dict:
+        return codec.json_object(await self.body(request, CONTROL_BODY_BYTES, CONTROL_LIMIT), what)
+
     @_endpoint("model-repository")
     async def repository_index(self, request: Request) -> Response:
-        document = codec.json_object(await self.body(request), "repository index request")
+        document = await self.control_body(request, "repository index request")
         return _json(codec.repository_index(self.plane.repository_index(codec.index_ready(document))))
 
     @_endpoint("model-repository")
     async def load(self, request: Request) -> Response:
-        document = codec.json_object(await self.body(request), "model load request")
-        await self.plane.load_model(request.path_params["model"], codec.control_parameters(document, "load"))
+        name = request.path_params["model"]
+        self.plane.check_model_control("load", name)  # before the body is read
+        document = await self.control_body(request, "model load request")
+        await self.plane.load_model(name, codec.control_parameters(document, "load"))
         return Response(status_code=200)
 
     @_endpoint("model-repository")
     async def unload(self, request: Request) -> Response:
-        document = codec.json_object(await self.body(request), "model unload request")
-        parameters = codec.control_parameters(document, "unload")
-        await self.plane.unload_model(request.path_params["model"], parameters)
+        name = request.path_params["model"]
+        self.plane.check_model_control("unload", name)  # before the body is read
+        document = await self.control_body(request, "model unload request")
+        await self.plane.unload_model(name, codec.control_parameters(document, "unload"))
         return Response(status_code=200)
 
     @_endpoint(None)
     async def metrics(self, request: Request) -> Response:
         text = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+def inflate(body: bytes, encoding: str, limit: int, limit_name: str = MESSAGE_LIMIT) -> bytes:
+    """``body`` decompressed (``encoding``: gzip or deflate), refused (413) once it would pass ``limit``
+    bytes, or inflate more than :data:`MAX_INFLATE_RATIO` times past :data:`RATIO_FREE_BYTES`: the work a
+    compressed body may cause is bounded by its size. zlib stops at the bound (``max_length``), so a bomb
+    costs no more than the bound."""
+    allowed = min(limit, max(RATIO_FREE_BYTES, MAX_INFLATE_RATIO * len(body)))
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
+    try:
+        plain = inflater.decompress(body, allowed + 1)
+    except zlib.error as e:
+        raise InvalidInput(f"request body is not valid {encoding} data (Content-Encoding): {e}") from None
+    if len(plain) > allowed:
+        if allowed == limit:
+            raise PayloadTooLarge(
+                f"request body decompresses to more than the server's limit of {limit} bytes ({limit_name})"
+            )
+        raise PayloadTooLarge(
+            f"request body decompresses to more than {MAX_INFLATE_RATIO} times its {len(body)} bytes "
+            f"(the server's limit past {RATIO_FREE_BYTES} bytes); send it less compressed or uncompressed"
+        )
+    if not inflater.eof:
+        raise InvalidInput(f"request body is truncated {encoding} data (Content-Encoding)")
+    return plain
 
 
 def _json(document) -> Response:
@@ -369,6 +402,7 @@ class HttpServer:
     """An app served by uvicorn on ``host:port`` in the running event loop; bound at construction."""
 
     def __init__(self, app, host: str, port: int, **tls) -> None:
+        quiet_client_noise()
         self.server = EmbeddedUvicorn(uvicorn_config(app, **tls))
         try:
             self.socket = listening_socket(host, port)

@@ -17,8 +17,9 @@ from pathlib import Path
 from modelrepo.layout import is_model_folder, model_names
 from modelrepo.names import CONFIG_NAME
 from modelrepo.reader import Fingerprint
-from service.errors import ModelLoadError, ModelNotFound, NotAllowed, ServeError
+from service.errors import InvalidInput, ModelLoadError, ModelNotFound, NotAllowed, ServeError, clip
 from service.serving.loader import load_versions
+from service.serving.model_names import check_model_name
 from service.serving.served import ServedVersion, release_memory
 from service.settings import Settings
 from service.telemetry.prometheus import ServerMetrics
@@ -55,6 +56,11 @@ class ModelManager:
     ready while no model it should serve has failed: fixing the files (poll) or unloading the model
     (explicit) makes it ready again. Loads and unloads run to completion even when the client that asked
     for them goes away, so no model is left LOADING or half-retired.
+
+    Every name a client gives is checked (:func:`check_model_name`) before a file is looked at, and only
+    names of the repository's model folders or of loaded models are acted on: asking to load an unknown
+    name is NOT_FOUND and changes nothing (no record, no readiness), so a typo cannot take a replica out
+    of service or grow the tables.
     """
 
     def __init__(
@@ -93,6 +99,11 @@ class ModelManager:
         for name in names:
             try:
                 await self.load(name)
+            except (ModelNotFound, InvalidInput) as e:  # asked for by the operator: not ready without it
+                log.error("cannot load model %s: %s", name, e)
+                self._records[name] = ModelRecord(UNAVAILABLE, str(e))
+                self._failed.add(name)
+                await self._changed(name)
             except ServeError as e:
                 log.error("cannot load model %s: %s", name, e)
         if mode == "poll":
@@ -116,21 +127,24 @@ class ModelManager:
     # ---------------------------------------------------------------- lookup
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
-        """The version serving ``name`` (``version`` "" = the latest loaded); raises ModelNotFound."""
+        """The version serving ``name`` (``version`` "" = the latest loaded); raises ModelNotFound, or
+        InvalidInput for a name no model can have."""
         if not version:
             served = self._latest.get(name)
             if served is None:
+                check_model_name(name)
                 raise ModelNotFound(self._not_found(name))
             return served
         versions = self._routes.get(name)
         if not versions:
+            check_model_name(name)
             raise ModelNotFound(self._not_found(name))
         try:
             return versions[int(version)]
         except (ValueError, KeyError):
             served = ", ".join(str(v) for v in sorted(versions))
             raise ModelNotFound(
-                f"model {name!r} has no version {version!r} loaded (loaded: {served})"
+                f"model {name!r} has no version {clip(version)} loaded (loaded: {served})"
             ) from None
 
     def _not_found(self, name: str) -> str:
@@ -199,36 +213,52 @@ class ModelManager:
             log.error("model load/unload failed", exc_info=task.exception())
 
     async def load(self, name: str) -> None:
-        """Load (or reload) ``name``; on failure the versions already serving keep serving."""
+        """Load (or reload) ``name``; on failure the versions already serving keep serving. A name that is
+        neither a model folder nor loaded is NOT_FOUND and leaves everything as it was."""
+        await self._check_known(name)
         await self._to_completion(self._load(name))
 
     async def unload(self, name: str) -> None:
+        await self._check_known(name)
         await self._to_completion(self._unload(name))
 
-    def _check_name(self, name: str) -> Path:
-        model_dir = self.repo / name
-        if "/" in name or name.startswith(".") or not is_model_folder(model_dir):
-            raise ModelNotFound(
-                f"no model {name!r} in repository {self.repo} (expected {model_dir / CONFIG_NAME})"
-            )
-        if name in self.reserved_names:
-            raise ModelLoadError(f"model name {name!r} is reserved for a health service; rename its folder")
-        return model_dir
+    async def _check_known(self, name: str) -> None:
+        check_model_name(name)
+        if name in self._routes or name in self._records:
+            return
+        if not await asyncio.to_thread(self._on_disk, name):
+            raise ModelNotFound(self._not_on_disk(name))
+
+    def _on_disk(self, name: str) -> bool:
+        """Whether ``name`` (a checked name: one path component) is in the repository's listing."""
+        return not name.startswith(".") and is_model_folder(self.repo / name)
+
+    def _not_on_disk(self, name: str) -> str:
+        return f"no model {name!r} in the model repository (no folder {name}/ holding a {CONFIG_NAME})"
 
     async def _load(self, name: str) -> None:
         async with self._lock(name):
+            known = name in self._records
             record = self._records.setdefault(name, ModelRecord())
             old = dict(self._routes.get(name, {}))
             try:
+                if not self._on_disk(name):
+                    raise ModelNotFound(self._not_on_disk(name))
                 # fingerprint first: a poll retries a broken model only once its files change
                 record.fingerprint = await asyncio.to_thread(Fingerprint.of, self.repo / name)
-                self._check_name(name)
+                if name in self.reserved_names:
+                    raise ModelLoadError(
+                        f"model name {name!r} is reserved for a health service; rename its folder"
+                    )
                 if not old:
                     record.state = LOADING
                 new = await asyncio.to_thread(
                     load_versions, self.settings, self.metrics, name, old, self.cpus
                 )
             except ServeError as e:
+                if isinstance(e, ModelNotFound) and not known and not old:
+                    del self._records[name]  # its folder left before it was ever known: keep nothing
+                    raise
                 record.reason = str(e)
                 if not old:
                     record.state = UNAVAILABLE
@@ -256,8 +286,6 @@ class ModelManager:
             was_failed = name in self._failed
             self._failed.discard(name)
             if versions_ is None:
-                if not is_model_folder(self.repo / name) and name not in self._records:
-                    raise ModelNotFound(f"no model {name!r} in repository {self.repo}")
                 if was_failed:
                     self._records[name].state, self._records[name].reason = UNAVAILABLE, "unloaded"
                     await self._changed(name)

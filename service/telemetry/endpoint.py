@@ -24,7 +24,10 @@ CONNECTION_TIMEOUT_S = 10.0  # a client that sends nothing for this long is drop
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
-    allow_reuse_address = False  # a second server on the same port must fail
+    # SO_REUSEADDR: a restart binds at once though the last connections wait out TIME_WAIT (else
+    # "Address already in use" for a minute after a scrape). A second server on a port that is still
+    # listening fails all the same on Linux.
+    allow_reuse_address = True
     # socketserver's listen backlog is 5: past 6 connections arriving at once (scrapes, slow clients, a
     # flood) the kernel drops the next SYN, and a probe's connection waits a second for its resend.
     request_queue_size = socket.SOMAXCONN

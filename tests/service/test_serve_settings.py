@@ -64,6 +64,7 @@ def test_env_names_match_the_contract():
         "tls_client_ca": "SERVE_TLS_CLIENT_CA",
         "restricted_protocol": "SERVE_RESTRICTED_PROTOCOL",
         "tune": "SERVE_TUNE",
+        "repo_wait": "SERVE_REPO_WAIT",
     }
 
 
@@ -98,6 +99,7 @@ def test_env_then_flags():
         (["--backend", "triton"], {}, "SERVE_BACKEND must be one of auto, onnxruntime, torch, tensorrt"),
         (["--poll-interval", "0"], {}, "must be > 0 seconds"),
         (["--max-message-bytes", "10"], {}, "at least 1024 bytes"),
+        (["--repo-wait"], {}, "--repo-wait / SERVE_REPO_WAIT needs --model-control-mode"),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):

@@ -1,0 +1,74 @@
+"""The listening sockets we make take SO_REUSEADDR (the metrics port's and the HTTP port's; gRPC's core
+sets it on its own): a server restarted right after it served a connection binds its port again at once,
+though that connection still waits out TIME_WAIT; and a second server on a port still listening fails."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from harness.ports import free_port
+from service.protocol.http_server import listening_socket
+from service.telemetry.endpoint import serve_endpoint
+
+TCP_TABLE = Path("/proc/net/tcp")
+TIME_WAIT = "06"
+
+pytestmark = pytest.mark.skipif(not TCP_TABLE.exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp")
+
+
+def in_time_wait(port: int) -> bool:
+    """Whether a connection on local port ``port`` (127.0.0.1) is in TIME_WAIT."""
+    for line in TCP_TABLE.read_text().splitlines()[1:]:
+        local, _, state = line.split()[1:4]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == TIME_WAIT:
+            return True
+    return False
+
+
+def closed_by_the_server(port: int, request: bytes) -> bytes:
+    """Send ``request`` and read until the server closes the connection (so TIME_WAIT is on its side)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_metrics_endpoint_rebinds_while_its_last_connection_is_in_time_wait():
+    port = free_port()
+    server, _ = serve_endpoint(CollectorRegistry(), lambda path: None, "127.0.0.1", port)
+    answer = closed_by_the_server(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 200")
+    server.shutdown()
+    server.server_close()
+    assert in_time_wait(port)
+    again, _ = serve_endpoint(CollectorRegistry(), lambda path: None, "127.0.0.1", port)
+    try:
+        with pytest.raises(OSError):  # a second server while this one listens
+            serve_endpoint(CollectorRegistry(), lambda path: None, "127.0.0.1", port)
+    finally:
+        again.shutdown()
+        again.server_close()
+
+
+def test_http_socket_rebinds_while_its_last_connection_is_in_time_wait():
+    port = free_port()
+    listener = listening_socket("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    accepted, _ = listener.accept()
+    accepted.close()  # the server closes first
+    assert client.recv(1) == b""
+    client.close()
+    listener.close()
+    assert in_time_wait(port)
+    again = listening_socket("127.0.0.1", port)
+    try:
+        with pytest.raises(OSError):
+            listening_socket("127.0.0.1", port)
+    finally:
+        again.close()
