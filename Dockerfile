@@ -29,8 +29,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# The exact versions the test suite passed with (constraints.txt, scripts/lock.sh).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    python -m pip install /wheels/cnnserve-*.whl
+    --mount=type=bind,from=wheel,source=/src/constraints.txt,target=/tmp/constraints.txt \
+    python -m pip install -c /tmp/constraints.txt /wheels/cnnserve-*.whl
 RUN groupadd --system --gid 10001 cnnserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/cnnserve --create-home \
         --shell /usr/sbin/nologin cnnserve
@@ -68,7 +70,8 @@ RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.5,<3" "torc
 # The base dependencies list onnxruntime and the gpu extra onnxruntime-gpu; both install the same
 # `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over the shared files.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    python -m pip install "$(echo /wheels/cnnserve-*.whl)[gpu]" \
+    --mount=type=bind,from=wheel,source=/src/constraints.txt,target=/tmp/constraints.txt \
+    python -m pip install -c /tmp/constraints.txt "$(echo /wheels/cnnserve-*.whl)[gpu]" \
  && ort_version="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
  && python -m pip uninstall -y onnxruntime \
  && python -m pip install --force-reinstall --no-deps "onnxruntime-gpu==${ort_version}"

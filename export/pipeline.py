@@ -191,10 +191,21 @@ class _Precision:
 
 
 def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
-    with run.stage(f"check {precision} ONNX against PyTorch (onnxruntime CPU)"):
+    parity, evaluation = run.reference.parity_inputs, run.reference.eval.inputs
+    batches = range(0, len(evaluation), EVAL_BATCH_SIZE)
+    with run.stage(
+        f"check {precision} ONNX against PyTorch (onnxruntime CPU)", total=len(parity) + len(batches)
+    ) as advance:
         session = ort_session(path)
-        outs = [run_session(session, x, len(x)) for x in run.reference.parity_inputs]
-        eval_out = run_session(session, run.reference.eval.inputs, EVAL_BATCH_SIZE)
+        outs = []
+        for x in parity:
+            outs.append(run_session(session, x, len(x)))
+            advance(1)
+        eval_outs = []
+        for i in batches:
+            eval_outs.append(run_session(session, evaluation[i : i + EVAL_BATCH_SIZE], EVAL_BATCH_SIZE))
+            advance(1)
+        eval_out = np.concatenate(eval_outs)
         result = check_outputs(run.reference, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from rich.progress import (
 )
 
 Advance = Callable[[int], None]
+# Where the console is a log or a pipe (no redraws): a line at most this often inside a long stage.
+LOG_PROGRESS_SECONDS = 15.0
 
 
 class Reporter:
@@ -48,10 +51,38 @@ class RichReporter(Reporter):
             with Progress(*columns, console=self.console, transient=True) as progress:
                 task = progress.add_task(escape(description), total=total)
                 yield lambda n=1: progress.advance(task, n)
-        else:  # logs and pipes get one line per finished stage, no redraws
-            yield lambda n=1: None
+        else:  # logs and pipes: a progress line every LOG_PROGRESS_SECONDS, one line per finished stage
+            with _LogProgress(self.console, description, total, started) as advance:
+                yield advance
         seconds = time.perf_counter() - started
         self.console.print(f"[green]✓[/green] {escape(description)} [dim]({seconds:.1f} s)[/dim]")
 
     def note(self, message: str) -> None:
         self.console.print(f"[yellow]•[/yellow] {escape(message)}")
+
+
+class _LogProgress:
+    """Progress of one stage as plain lines: done/total where the total is known, else the time so far."""
+
+    def __init__(self, console: Console, description: str, total: int | None, started: float) -> None:
+        self.console, self.description, self.total, self.started = console, description, total, started
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="export-progress", daemon=True)
+
+    def __enter__(self) -> Advance:
+        self._thread.start()
+        return self.advance
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOG_PROGRESS_SECONDS):
+            elapsed = time.perf_counter() - self.started
+            done = f" {self.done}/{self.total}" if self.total else ""
+            self.console.print(f"  … {escape(self.description)}{done} [dim]({elapsed:.0f} s)[/dim]")

@@ -5,7 +5,7 @@
 # model), and stop the server with SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+SETUP_PEERS=0 bash scripts/setup.sh  # the peer servers are for the test suite only
 PY="${VENV:-.venv}/bin/python"
 "$PY" -m models
 "$PY" -m models.train lenet5 --dataset digits --out checkpoints/lenet5_digits.pt

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with its dev tools. Idempotent; safe to re-run.
+# Create .venv (if missing) and install the project with its dev tools, at the exact versions of
+# constraints.txt (refresh them with scripts/lock.sh). Idempotent; safe to re-run.
 #   TORCH_SPEC   torch/torchvision to install when the venv has none
-#                (default: the releases this project is developed on, which pip finds on local disk here)
+#                (default: the releases this project is developed on)
 #   VENV         virtual environment folder (default: .venv)
-#   SETUP_PEERS  0: do not install the real Triton and MLServer the interop tests run (default: 1)
+#   SETUP_PEERS  0: do not install the real Triton and MLServer the interop tests run (default: 1;
+#                scripts/demo.sh sets 0: only the test suite needs them)
+# pip's own output (build-tool notices, warnings about this machine's pip configuration) goes to
+# $VENV/setup.log; it is printed only when a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -14,15 +18,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV"
   "$PY" -m venv "$VENV"
 fi
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
-pip install --upgrade pip
+LOG="$VENV/setup.log"
+: > "$LOG"
+pip() {
+  if ! "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" >>"$LOG" 2>&1; then
+    echo "error: pip $* failed; the last lines of $LOG:" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
+pip install -c constraints.txt --upgrade pip
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "==> installing $TORCH_SPEC (a few minutes)"
   # shellcheck disable=SC2086
-  pip install $TORCH_SPEC
+  pip install -c constraints.txt $TORCH_SPEC
 fi
-echo "==> installing the project and its dev tools"
-pip install -e ".[dev]"
+echo "==> installing the project and its dev tools (constraints.txt)"
+pip install -c constraints.txt -e ".[dev]"
 
 # promtool and kubectl are used by the deploy tests; install them where we may (root + apt).
 need=()
@@ -31,7 +43,7 @@ command -v kubectl >/dev/null || need+=(kubectl)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "==> apt-get install ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
-    >/dev/null 2>&1 || echo "   (could not install ${need[*]}; the tests that need them will skip)"
+    >>"$LOG" 2>&1 || echo "   (could not install ${need[*]}; the tests that need them will skip)"
 fi
 # Real Triton and MLServer for tests/interop, each in a cached venv of its own (CNNSERVE_PEERS_CACHE,
 # default ~/.cache/cnnserve/peers): about 80 s and 1 GB the first time, nothing after. The tests would

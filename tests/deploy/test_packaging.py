@@ -23,6 +23,34 @@ def test_extras_split_the_dependencies():
     assert any(d.startswith("matplotlib") for d in extras["loadtest"])
 
 
+def test_constraints_pin_every_dependency_within_its_range():
+    """constraints.txt (scripts/lock.sh) pins what setup, CI and the image install: every dependency of the
+    server and of the dev extra, at a version pyproject's range allows. A dependency added without a
+    refresh of the lock fails here, not on a fresh machine next month."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version.strip()
+    wanted = [*project["dependencies"], *extras["export"], *extras["loadtest"], *extras["dev"]]
+    for spec in wanted:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        if name in ("cnnserve", "torch", "torchvision"):  # the extras themselves; TORCH_SPEC picks torch
+            continue
+        assert name in pins, f"{name} is not in constraints.txt: run bash scripts/lock.sh"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside pyproject's {requirement.specifier}"
+        )
+    assert not {"torch", "torchvision"} & set(pins), "torch comes from TORCH_SPEC, per host"
+
+
 def _blocking(folder, modules) -> dict[str, str]:
     """The environment of a server that cannot import ``modules`` (a sitecustomize that blocks them)."""
     folder.mkdir()

@@ -123,3 +123,27 @@ def test_parity_helpers():
         require(bad, "thing")
     assert compare([ref[0] * np.nan], ref, FP32_TOLERANCE).passed is False
     assert top1_agreement(np.array([[2.0, 1.0], [3.0, -4.0]]), ref[0]) == 0.5
+
+
+def test_a_long_stage_reports_progress_in_a_log(monkeypatch):
+    """Where stderr is a log (no redraws), a stage prints done/total while it runs, then its time."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from export import progress
+
+    monkeypatch.setattr(progress, "LOG_PROGRESS_SECONDS", 0.01)
+    out = io.StringIO()
+    reporter = progress.RichReporter(Console(file=out, force_terminal=False, width=200))
+    seen = threading.Event()
+    with reporter.stage("calibrate", total=10) as advance:
+        advance(3)
+        for _ in range(500):  # bounded: at most 5 s
+            if "calibrate 3/10" in out.getvalue():
+                seen.set()
+                break
+            threading.Event().wait(0.01)
+    assert seen.is_set(), out.getvalue()
+    assert out.getvalue().rstrip().splitlines()[-1].startswith("✓ calibrate (")
