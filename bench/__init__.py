@@ -30,6 +30,7 @@ SECTION_MODULES = {
     "client": "bench.client",
     "client-api": "bench.client",
     "export": "bench.export",
+    "export-times": "bench.export_times",
     "serve-compute": "bench.serve",
     "batching": "bench.serve",
     "peers": "bench.peers",

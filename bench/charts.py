@@ -27,6 +27,32 @@ def bar_chart(path: Path, labels: list[str], series: dict[str, list[float]], tit
     pyplot.close(figure)
 
 
+def stacked_bars(
+    path: Path, labels: list[str], series: dict[str, list[float]], title: str, unit: str
+) -> None:
+    """One bar per label, its height the sum of the series stacked in order (e.g. seconds per stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(max(5.0, 0.55 * len(labels) + 2), 4.5))
+    bottoms = [0.0] * len(labels)
+    for i, (name, values) in enumerate(series.items()):
+        axis.bar(range(len(labels)), values, bottom=bottoms, label=name, color=f"C{i % 10}")
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    for x, total in enumerate(bottoms):
+        axis.annotate(f"{total:.0f}", (x, total), ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    axis.set_ylabel(unit)
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
 def grouped_bars(
     path: Path, panels: dict[str, tuple[list[str], dict[str, list[float]]]], title: str, note: str = ""
 ) -> None:

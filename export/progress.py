@@ -55,10 +55,12 @@ class RichReporter(Reporter):
             with _LogProgress(self.console, description, total, started) as advance:
                 yield advance
         seconds = time.perf_counter() - started
-        self.console.print(f"[green]✓[/green] {escape(description)} [dim]({seconds:.1f} s)[/dim]")
+        self.console.print(
+            f"[green]✓[/green] {escape(description)} [dim]({seconds:.1f} s)[/dim]", soft_wrap=True
+        )
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]•[/yellow] {escape(message)}")
+        self.console.print(f"[yellow]•[/yellow] {escape(message)}", soft_wrap=True)
 
 
 class _LogProgress:
@@ -85,4 +87,6 @@ class _LogProgress:
         while not self._stop.wait(LOG_PROGRESS_SECONDS):
             elapsed = time.perf_counter() - self.started
             done = f" {self.done}/{self.total}" if self.total else ""
-            self.console.print(f"  … {escape(self.description)}{done} [dim]({elapsed:.0f} s)[/dim]")
+            self.console.print(
+                f"  … {escape(self.description)}{done} [dim]({elapsed:.0f} s)[/dim]", soft_wrap=True
+            )

@@ -1,0 +1,119 @@
+"""``python -m bench --section export-times``: how long ``python -m export MODEL --fp16 --int8`` takes on this
+CPU for each family member, stage by stage, run as a user runs it (the CLI in a process of its own, seeded
+random weights, digits calibration, no TensorRT). ``CNNSERVE_EXPORT_TIMES_MODELS`` (comma-separated)
+picks the models; quick runs take LeNet-5 and ResNet-18. Each model's export is bounded by
+``PER_MODEL_TIMEOUT_S``; one that runs past it is recorded as such and the next one starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import BenchContext, SectionResult, register_section
+from bench.charts import stacked_bars
+
+QUICK_MODELS = ("lenet5", "resnet18")
+PER_MODEL_TIMEOUT_S = 1800
+MODELS_ENV = "CNNSERVE_EXPORT_TIMES_MODELS"
+# "✓ check int8 ONNX against PyTorch (onnxruntime CPU) (12.3 s)": a finished stage (export.progress)
+STAGE_LINE = re.compile(r"^✓ (?P<stage>.+) \((?P<seconds>[0-9.]+) s\)$")
+# stage groups of the plot, by the first words of a stage's description
+GROUPS = (
+    ("quantize", ("calibrate", "read calibration")),
+    ("check", ("check", "PyTorch reference")),
+    ("fit batching", ("measure",)),
+    ("export", ("export", "convert", "load")),
+)
+
+
+def stage_seconds(stderr: str) -> dict[str, float]:
+    """Seconds per stage from the export's log lines (a stage that ran twice is summed)."""
+    stages: dict[str, float] = {}
+    for line in stderr.splitlines():
+        found = STAGE_LINE.match(line.strip())
+        if found:
+            stage = found["stage"]
+            stages[stage] = stages.get(stage, 0.0) + float(found["seconds"])
+    return stages
+
+
+def group_of(stage: str) -> str:
+    for group, prefixes in GROUPS:
+        if stage.startswith(prefixes):
+            return group
+    return "other"
+
+
+def export_one(model: str, repo: Path, timeout_s: float) -> dict:
+    command = [sys.executable, "-m", "export", model, "--fp16", "--int8", "--tensorrt", "off"]
+    command += ["--repo", str(repo), "--force"]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return {
+            "model": model,
+            "status": f"timed out after {timeout_s:.0f} s",
+            "stages": stage_seconds(stderr),
+        }
+    seconds = time.perf_counter() - started
+    stages = stage_seconds(done.stderr)
+    status = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-300:]}"
+    groups: dict[str, float] = {}
+    for stage, s in stages.items():
+        groups[group_of(stage)] = groups.get(group_of(stage), 0.0) + s
+    return {"model": model, "status": status, "seconds": seconds, "stages": stages, "groups": groups}
+
+
+def chosen_models(quick: bool) -> list[str]:
+    from models import list_models
+
+    if os.environ.get(MODELS_ENV):
+        return [m.strip() for m in os.environ[MODELS_ENV].split(",") if m.strip()]
+    return list(QUICK_MODELS) if quick else list(list_models())
+
+
+@register_section("export-times", "python -m export MODEL --fp16 --int8 on this CPU, per model and stage")
+def export_times(ctx: BenchContext) -> SectionResult:
+    repo = ctx.work_dir / "export-times"
+    measured = []
+    for i, model in enumerate(chosen_models(ctx.quick), 1):
+        with ctx.console.status(f"[{i}] python -m export {model} --fp16 --int8"):
+            result = export_one(model, repo, PER_MODEL_TIMEOUT_S)
+        measured.append(result)
+        took = f"{result['seconds']:.0f} s" if "seconds" in result else result["status"]
+        ctx.console.print(f"  {model}: {took} ({result['status'][:80]})", highlight=False)
+    done = [m for m in measured if m["status"] == "ok"]
+    plot = ctx.out_dir / "export-times.png"
+    groups = [g for g, _ in GROUPS] + ["other"]
+    stacked_bars(
+        plot,
+        [m["model"] for m in done],
+        {g: [m["groups"].get(g, 0.0) for m in done] for g in groups},
+        f"python -m export MODEL --fp16 --int8 on {os.cpu_count()} CPUs (random weights), by stage",
+        "seconds",
+    )
+    return SectionResult(
+        columns=["model", "seconds", *groups, "status"],
+        rows=[
+            [
+                m["model"],
+                f"{m['seconds']:.0f}" if "seconds" in m else "-",
+                *(f"{m.get('groups', {}).get(g, 0.0):.0f}" for g in groups),
+                m["status"][:60],
+            ]
+            for m in measured
+        ],
+        figures={
+            "cpus": os.cpu_count(),
+            "command": "python -m export MODEL --fp16 --int8",
+            "results": measured,
+        },
+        plots=[plot],
+    )
