@@ -54,7 +54,11 @@ def export_one(model: str, repo: Path, timeout_s: float) -> dict:
     command += ["--repo", str(repo), "--force"]
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        # a log, as a user's CI would keep one: one line per stage (no colours, no redraws)
+        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False, env=env
+        )
     except subprocess.TimeoutExpired as e:
         stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         return {

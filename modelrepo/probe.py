@@ -25,7 +25,9 @@ import numpy as np
 
 PROBE_NAME = "probe.npz"
 INPUTS_KEY = "inputs"
-MAX_PROBE_BYTES = 64 << 20  # a few 224x224 images and logits are ~2 MB; anything far larger is not ours
+MAX_PROBE_BYTES = 8 << 20  # 2 FP16 224x224 inputs and their logits take ~0.6 MB
+MAX_ROWS = 16  # inputs in a probe
+MAX_MEMBERS = 8  # arrays in probe.npz: the inputs and one per artifact of the version
 
 
 class ProbeError(ValueError):
@@ -93,21 +95,39 @@ def output_key(artifact_file: str) -> str:
 
 
 def write_probe(path: Path, inputs: np.ndarray, expected: dict[str, np.ndarray]) -> str:
-    """Write ``probe.npz``; returns its sha256."""
-    arrays = {INPUTS_KEY: np.ascontiguousarray(inputs, dtype=np.float32)}
+    """Write ``probe.npz`` (inputs as FP16: the caller computes every expected output from the FP16-rounded
+    inputs, :func:`rounded`); returns its sha256."""
+    if len(inputs) > MAX_ROWS:
+        raise ValueError(f"a probe holds at most {MAX_ROWS} inputs, got {len(inputs)}")
+    arrays = {INPUTS_KEY: np.ascontiguousarray(inputs, dtype=np.float16)}
     for key, out in expected.items():
         if len(out) != len(inputs):
             raise ValueError(f"{key}: {len(out)} output rows for {len(inputs)} probe inputs")
         arrays[key] = np.ascontiguousarray(out, dtype=np.float32)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # stored, not compressed: what read_probe accepts
     data = buffer.getvalue()
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
 
-def read_probe(version_dir: Path, expectation: Expectation) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, expected outputs) of one artifact, checked against the manifest's sha256."""
+def rounded(inputs: np.ndarray) -> np.ndarray:
+    """The inputs as probe.npz keeps them (FP16), back in FP32."""
+    return inputs.astype(np.float16).astype(np.float32)
+
+
+def read_probe(
+    version_dir: Path,
+    expectation: Expectation,
+    input_shape: tuple[int, ...] | None = None,
+    classes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, expected outputs) of one artifact, checked against the manifest's sha256 and, where given,
+    the model's input shape (without the batch) and class count.
+
+    The file may come from anyone who can write the repository, and so may the sha256 beside it: it is
+    parsed without ``np.load``: few members, stored uncompressed (a member's size is what it occupies on
+    disk), each ``.npy`` header's dtype and shape checked against its bytes before an array is made."""
     path = version_dir / PROBE_NAME
     try:
         size = path.stat().st_size
@@ -125,20 +145,54 @@ def read_probe(version_dir: Path, expectation: Expectation) -> tuple[np.ndarray,
             "(corrupt or replaced probe)"
         )
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            inputs, expected = arrays[INPUTS_KEY], arrays[expectation.key]
-    except KeyError as e:
-        raise ProbeError(f"{PROBE_NAME} has no array {e}") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise ProbeError(f"{PROBE_NAME} has {len(members)} members, at most {MAX_MEMBERS} expected")
+            inputs = _array(archive, INPUTS_KEY, (np.float16, np.float32), 4).astype(np.float32)
+            expected = _array(archive, expectation.key, (np.float32,), 2)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as e:
         raise ProbeError(f"{PROBE_NAME} is not a readable .npz file: {e}") from None
-    if inputs.dtype != np.float32 or expected.dtype != np.float32:
-        raise ProbeError(f"{PROBE_NAME} arrays must be float32, got {inputs.dtype} and {expected.dtype}")
-    if inputs.ndim != 4 or expected.ndim != 2 or len(inputs) != len(expected) or not len(inputs):
+    if len(inputs) != len(expected) or not 0 < len(inputs) <= MAX_ROWS:
         raise ProbeError(
-            f"{PROBE_NAME} must hold N inputs [N, C, H, W] and N outputs [N, classes], got "
+            f"{PROBE_NAME} must hold N inputs and N outputs (1 <= N <= {MAX_ROWS}), got "
             f"{list(inputs.shape)} and {list(expected.shape)}"
         )
+    if input_shape is not None and tuple(inputs.shape[1:]) != tuple(input_shape):
+        raise ProbeError(
+            f"{PROBE_NAME} inputs are {list(inputs.shape[1:])}, the model takes {list(input_shape)}"
+        )
+    if classes is not None and expected.shape[1] != classes:
+        raise ProbeError(f"{PROBE_NAME} outputs have {expected.shape[1]} classes, the model {classes}")
     return inputs, expected
+
+
+def _array(archive: zipfile.ZipFile, key: str, dtypes: tuple[type, ...], ndim: int) -> np.ndarray:
+    try:
+        member = archive.getinfo(f"{key}.npy")
+    except KeyError:
+        raise ProbeError(f"{PROBE_NAME} has no array {key!r}") from None
+    if member.compress_type != zipfile.ZIP_STORED:
+        raise ProbeError(f"{PROBE_NAME} member {key!r} is compressed; probes are stored uncompressed")
+    raw = io.BytesIO(archive.read(member))
+    version = np.lib.format.read_magic(raw)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+    else:
+        raise ProbeError(f"{PROBE_NAME} member {key!r} has .npy format {version}")
+    if dtype.hasobject or dtype.type not in dtypes or fortran or len(shape) != ndim:
+        raise ProbeError(
+            f"{PROBE_NAME} array {key!r} must be {ndim}-D C-order "
+            f"{' or '.join(np.dtype(t).name for t in dtypes)}, got {len(shape)}-D {dtype}"
+        )
+    body = raw.read()
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(body):
+        raise ProbeError(
+            f"{PROBE_NAME} array {key!r} declares shape {list(shape)} but holds {len(body)} bytes"
+        )
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
 @dataclass(frozen=True)

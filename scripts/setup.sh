@@ -27,14 +27,23 @@ pip() {
     exit 1
   fi
 }
-pip install -c constraints.txt --upgrade pip
+# constraints.txt was resolved on one Python (its second line); on another minor version its pins may not
+# exist, so there the ranges of pyproject.toml decide, and setup says so.
+locked=$(sed -n 's/^# Python \([0-9]*\.[0-9]*\).*/\1/p' constraints.txt)
+here=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+lock=(-c constraints.txt)
+if [ "$locked" != "$here" ]; then
+  echo "   (constraints.txt is for Python $locked, this is $here: installing within pyproject's ranges)"
+  lock=()
+fi
+pip install "${lock[@]}" --upgrade pip
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "==> installing $TORCH_SPEC (a few minutes)"
   # shellcheck disable=SC2086
-  pip install -c constraints.txt $TORCH_SPEC
+  pip install "${lock[@]}" $TORCH_SPEC
 fi
-echo "==> installing the project and its dev tools (constraints.txt)"
-pip install -c constraints.txt -e ".[dev]"
+echo "==> installing the project and its dev tools${lock:+ (constraints.txt)}"
+pip install "${lock[@]}" -e ".[dev]"
 
 # promtool and kubectl are used by the deploy tests; install them where we may (root + apt).
 need=()

@@ -92,7 +92,6 @@ def _build_version(
             threads = cpus // max(1, devices.count("cpu"))
             backends.append(create_backend(choice, config, device, data, threads, spec))
         row_seconds = warm_up(name, backends, io)
-        check_numerics(name, version, entry.path, choice, backends, metrics)
         # Inline batches run on the event loop: never where a batch waits for a GPU stream.
         inline = len(backends) == 1 and row_seconds <= INLINE_ROW_SECONDS and devices == ["cpu"]
         if inline and choice.format == "onnx" and not configured_threads(config):
@@ -101,6 +100,7 @@ def _build_version(
             backends.append(single)
             warm_up(name, [single], io)
             backends.pop(0).close()
+        check_numerics(name, version, entry.path, choice, backends, io, manifest, metrics)
     except BaseException:
         close_backends(backends)
         raise

@@ -133,12 +133,13 @@ def test_int8_export_checked_against_the_exact_qdq_evaluation(exported):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_every_artifact_carries_a_probe_it_passes_here(exported, precision):
     """probe.npz: the inputs and each artifact's expected outputs; what the server checks at load."""
-    from modelrepo.probe import Expectation, agreement, read_probe
+    from modelrepo.probe import Expectation, agreement, output_key, read_probe
 
     entry = exported[precision]
     for artifact in entry.manifest.artifacts:
         expectation = Expectation.from_validation(artifact.validation)
-        inputs, expected = read_probe(entry.version_dir, expectation)
+        assert expectation.key == output_key(artifact.file)  # each artifact its own expected outputs
+        inputs, expected = read_probe(entry.version_dir, expectation, (1, 32, 32), 10)
         assert inputs.shape == (4, 1, 32, 32) and expected.shape == (4, 10)
         if artifact.format == "onnx":
             outputs = run_session(ort_session(entry.version_dir / artifact.file), inputs, 4)

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
 
 from harness.repository import copy_entry
 from modelrepo.manifest import Manifest
-from modelrepo.probe import PROBE_NAME, Expectation, output_key, read_probe, write_probe
+from modelrepo.probe import (
+    PROBE_NAME,
+    Expectation,
+    ProbeError,
+    Tolerance,
+    output_key,
+    read_probe,
+    write_probe,
+)
 from service.errors import ModelLoadError
 from service.serving import ModelManager
 from service.settings import Settings
@@ -110,22 +121,67 @@ def test_a_manifest_without_probe_loads_as_before(lenet5_export, tmp_path):
     assert ready and index[entry.name] == ("READY", "")
 
 
-def test_probe_reader_refuses_what_is_not_a_probe(tmp_path):
-    from modelrepo.probe import ProbeError, Tolerance
+def test_a_model_whose_batches_are_smaller_than_the_probe_runs_it_in_chunks(lenet5_export, tmp_path):
+    entry = lenet5_export["int8"]
+    copy_entry(entry.model_dir, tmp_path, max_batch_size=1, preferred_batch_sizes=())
+    ready, index = asyncio.run(load(tmp_path, entry.name))
+    assert ready and index[entry.name] == ("READY", "")
 
-    inputs = np.zeros((2, 1, 4, 4), np.float32)
-    sha = write_probe(tmp_path / PROBE_NAME, inputs, {"expected_model.onnx": np.zeros((2, 3), np.float32)})
-    good = Expectation("expected_model.onnx", sha, Tolerance(0.1, 0.0), "x", "y")
-    assert read_probe(tmp_path, good)[1].shape == (2, 3)
-    with pytest.raises(ProbeError, match="no array"):
-        read_probe(tmp_path, Expectation("expected_model.pt2", sha, Tolerance(0.1, 0.0), "x", "y"))
-    sha = write_probe(tmp_path / PROBE_NAME, inputs[0], {})  # three dimensions: not NCHW
-    with pytest.raises(ProbeError, match=r"must hold N inputs"):
-        read_probe(tmp_path, Expectation("inputs", sha, Tolerance(0.1, 0.0), "x", "y"))
+
+def probe_file(folder, arrays: dict, compress: bool = False) -> Expectation:
+    """A probe.npz of ``arrays`` as np.savez writes them (or savez_compressed), with a matching sha256."""
+    (np.savez_compressed if compress else np.savez)(folder / PROBE_NAME, **arrays)
+    sha = hashlib.sha256((folder / PROBE_NAME).read_bytes()).hexdigest()
+    return Expectation("expected_model.onnx", sha, Tolerance(0.1, 0.0), "x", "y")
+
+
+def test_probe_reader_refuses_what_is_not_a_probe(tmp_path):
+    inputs, outputs = np.zeros((2, 1, 4, 4), np.float16), np.zeros((2, 3), np.float32)
+    good = probe_file(tmp_path, {"inputs": inputs, "expected_model.onnx": outputs})
+    assert read_probe(tmp_path, good, (1, 4, 4), 3)[0].dtype == np.float32
+    with pytest.raises(ProbeError, match="the model takes"):
+        read_probe(tmp_path, good, (3, 4, 4), 3)
+    with pytest.raises(ProbeError, match="outputs have 3 classes, the model 10"):
+        read_probe(tmp_path, good, (1, 4, 4), 10)
+    with pytest.raises(ProbeError, match=r"no array 'expected_model\.pt2'"):
+        read_probe(tmp_path, Expectation("expected_model.pt2", good.sha256, Tolerance(0.1, 0.0), "x", "y"))
+    bad = probe_file(tmp_path, {"inputs": inputs[0], "expected_model.onnx": outputs})
+    with pytest.raises(ProbeError, match="must be 4-D"):
+        read_probe(tmp_path, bad)
     with pytest.raises(ProbeError, match="tolerance must be finite"):
         Expectation.from_validation({"probe": {"expected": "e", "sha256": "s", "atol": "nan", "rtol": 0}})
     with pytest.raises(ProbeError, match="malformed"):
         Expectation.from_validation({"probe": {"expected": "e"}})
+
+
+def test_probe_reader_refuses_hostile_files_before_allocating(tmp_path):
+    """A repository writer controls probe.npz and its sha256: compressed members (a zip bomb), shapes the
+    bytes do not hold, many members, many rows are refused without making their arrays."""
+    outputs = np.zeros((2, 3), np.float32)
+    inputs = np.zeros((2, 1, 512, 512), np.float32)
+    bomb = probe_file(tmp_path, {"inputs": inputs, "expected_model.onnx": outputs}, compress=True)
+    with pytest.raises(ProbeError, match="is compressed"):
+        read_probe(tmp_path, bomb)
+    many = probe_file(tmp_path, {f"a{i}": outputs for i in range(9)})
+    with pytest.raises(ProbeError, match="9 members, at most 8"):
+        read_probe(tmp_path, many)
+    seventeen = {"inputs": np.zeros((17, 1, 2, 2), np.float16), "expected_model.onnx": np.zeros((17, 3))}
+    rows = probe_file(
+        tmp_path, {k: v.astype(np.float16 if k == "inputs" else np.float32) for k, v in seventeen.items()}
+    )
+    with pytest.raises(ProbeError, match=r"1 <= N <= 16"):
+        read_probe(tmp_path, rows)
+    header = io.BytesIO()  # a .npy header that declares far more than the 16 bytes after it
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f2", "fortran_order": False, "shape": (2, 1, 9999999, 2)}
+    )
+    with zipfile.ZipFile(tmp_path / PROBE_NAME, "w") as archive:
+        archive.writestr("inputs.npy", header.getvalue() + bytes(16))
+        archive.writestr("expected_model.onnx.npy", b"")
+    sha = hashlib.sha256((tmp_path / PROBE_NAME).read_bytes()).hexdigest()
+    lying = Expectation("expected_model.onnx", sha, Tolerance(0.1, 0.0), "x", "y")
+    with pytest.raises(ProbeError, match=r"declares shape \[2, 1, 9999999, 2\] but holds 16 bytes"):
+        read_probe(tmp_path, lying)
 
 
 def metrics_text(metrics: ServerMetrics) -> str:
