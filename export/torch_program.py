@@ -78,7 +78,7 @@ class ProgramRunner:
 
     @torch.inference_mode()
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from service.backends.torch_cuda import numerics
+        from modelrepo.torch_numerics import numerics
 
         with numerics(torch, self.dtype):  # the server's: no TF32 for fp32 (cuDNN's default is TF32)
             y = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtype))

@@ -169,3 +169,37 @@ def copy_entry(
         manifest.model = name
         manifest.write(target / str(version))
     return target
+
+
+def rewrite_probe(version_dir: Path, outputs: dict[str, np.ndarray]) -> None:
+    """Replace the expected outputs of the artifacts named in ``outputs`` (file name -> outputs on the
+    probe's inputs) in the version's probe.npz, and record its new sha256 in every probe record of the
+    manifest: what a tool that changes an artifact's weights must do, or the server refuses the version."""
+    import json
+
+    from modelrepo.probe import PROBE_NAME, Expectation, output_key, read_probe, write_probe
+
+    manifest = Manifest.read(version_dir)
+    arrays, inputs = {}, None
+    for artifact in manifest.artifacts:
+        expectation = Expectation.from_validation(artifact.validation)
+        if expectation is not None:
+            inputs, expected = read_probe(version_dir, expectation)
+            arrays[output_key(artifact.file)] = outputs.get(artifact.file, expected)
+    if inputs is None:
+        return
+    sha256 = write_probe(version_dir / PROBE_NAME, inputs, arrays)
+    path = version_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    for record in [data["validation"], *(a["validation"] for a in data.get("alternatives", []))]:
+        if "probe" in record:
+            record["probe"]["sha256"] = sha256
+    path.write_text(json.dumps(data))
+
+
+def probe_inputs(version_dir: Path) -> np.ndarray:
+    """The inputs of the version's probe.npz (FP32)."""
+    from modelrepo.probe import Expectation, read_probe
+
+    expectation = Expectation.from_validation(Manifest.read(version_dir).validation)
+    return read_probe(version_dir, expectation)[0]

@@ -131,7 +131,7 @@ class TorchBackend(Backend):
         rows land) and the host staging buffers, for ``max_rows`` rows."""
         torch = self._torch
         if self.cuda:
-            from service.backends.torch_cuda import configure_cuda
+            from modelrepo.torch_numerics import configure_cuda
 
             configure_cuda(torch, self.dtype)
         with torch.no_grad(), self._on_stream():

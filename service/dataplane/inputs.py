@@ -18,7 +18,8 @@ from service.errors import InvalidInput, clip
 
 CLASSIFICATION = "classification"  # requested-output parameter: top-k as "score:index:label"
 TIMEOUT_PARAMETER = "timeout"  # request parameter, microseconds (Triton's)
-MAX_PARAMETER = 2**63 - 1  # integer parameters travel as int64 (gRPC) and must fit one
+# integer parameters travel as int64 or uint64 (gRPC's int64_param, uint64_param) and must fit one
+MIN_PARAMETER, MAX_PARAMETER = -(2**63), 2**64 - 1
 FP32, UINT8 = NUMPY_DTYPES["FP32"], NUMPY_DTYPES["UINT8"]
 
 TENSOR, PIXELS, IMAGES = "tensor", "pixels", "images"
@@ -167,8 +168,8 @@ def _integer(parameters: Parameters, key: str, what: str = "an integer") -> int 
         raise InvalidInput(f"parameter {key!r} must be {what}, got no value")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"parameter {key!r} must be {what}, got {type(value).__name__} {clip(value)}")
-    if not -MAX_PARAMETER <= value <= MAX_PARAMETER:
-        raise InvalidInput(f"parameter {key!r} must be {what} within int64, got {clip(value)}")
+    if not MIN_PARAMETER <= value <= MAX_PARAMETER:
+        raise InvalidInput(f"parameter {key!r} must be {what} within int64 or uint64, got {clip(value)}")
     return value
 
 

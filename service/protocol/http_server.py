@@ -262,7 +262,8 @@ class HttpFrontEnd:
         if self.health.model_ready(model, version):
             return Response(status_code=200)
         check_model_name(model)
-        shown = clip(model) + (f" version {clip(version)}" if version else "")
+        numeric = version.isascii() and version.isdigit() and len(version) <= 20
+        shown = clip(model) + (f" version {version if numeric else clip(version)}" if version else "")
         return error_response(400, f"model {shown} is not ready")
 
     # ----------------------------------------------------------------------------- the rest

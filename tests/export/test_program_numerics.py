@@ -10,20 +10,20 @@ import torch
 from torch import nn
 
 from export.torch_program import ProgramRunner, export_program
+from modelrepo import torch_numerics
 from modelrepo.preprocess import InputSpec
-from service.backends import torch_cuda
 
 SPEC = InputSpec(1, 4, 4, (0.5,), (0.5,), "L")
 FLAGS = ("cudnn.allow_tf32", "cuda.matmul.allow_tf32", "cudnn.benchmark")
 
 
 def read_flags() -> dict[str, bool]:
-    return {name: getattr(*torch_cuda._flag_owner(torch, name)) for name in FLAGS}
+    return {name: getattr(*torch_numerics._flag_owner(torch, name)) for name in FLAGS}
 
 
 def set_flags(flags: dict[str, bool]) -> None:
     for name, value in flags.items():
-        setattr(*torch_cuda._flag_owner(torch, name), value)
+        setattr(*torch_numerics._flag_owner(torch, name), value)
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_program_is_checked_with_the_serving_numerics(tmp_path, tf32_on, preci
 
 
 def test_the_server_sets_the_same_numerics(tf32_on):
-    torch_cuda.configure_cuda(torch, torch.float32)
+    torch_numerics.configure_cuda(torch, torch.float32)
     assert read_flags() == {
         "cudnn.allow_tf32": False,
         "cuda.matmul.allow_tf32": False,

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from harness.repository import copy_entry
+from harness.repository import copy_entry, probe_inputs, rewrite_probe
 from modelrepo.config import read_config, write_config
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
@@ -180,7 +180,9 @@ def scaled_version(source: Path, target: Path, factor: float) -> tuple[Path, Ref
     manifest = json.loads((staging / "manifest.json").read_text())
     manifest["sha256"] = hashlib.sha256((staging / "model.onnx").read_bytes()).hexdigest()
     (staging / "manifest.json").write_text(json.dumps(manifest))
-    return staging, Reference(staging / "model.onnx")
+    reference = Reference(staging / "model.onnx")
+    rewrite_probe(staging, {"model.onnx": reference(probe_inputs(staging))})
+    return staging, reference
 
 
 def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers, tmp_path, reference):

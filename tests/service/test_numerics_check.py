@@ -14,16 +14,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from harness.repository import copy_entry
+from harness.repository import copy_entry, rewrite_probe
 from modelrepo.manifest import Manifest
 from modelrepo.probe import (
     PROBE_NAME,
     Expectation,
     ProbeError,
     Tolerance,
-    output_key,
     read_probe,
-    write_probe,
 )
 from service.errors import ModelLoadError
 from service.serving import ModelManager
@@ -32,23 +30,14 @@ from service.telemetry.prometheus import ServerMetrics
 
 
 def tamper_expected(version_dir, artifact_file: str, shift: float) -> None:
-    """Rewrite probe.npz with one expected logit moved by ``shift`` and record its new sha256, as a probe
-    written on a host whose int8 kernels computed otherwise would be."""
+    """probe.npz with one expected logit of ``artifact_file`` moved by ``shift`` and its new sha256
+    recorded, as a probe written on a host whose int8 kernels computed otherwise would be."""
     manifest = Manifest.read(version_dir)
-    expectations = {a.file: Expectation.from_validation(a.validation) for a in manifest.artifacts}
-    arrays = {}
-    for file, expectation in expectations.items():
-        inputs, expected = read_probe(version_dir, expectation)
-        if file == artifact_file:
-            expected = expected.copy()
-            expected[0, 0] += shift
-        arrays[output_key(file)] = expected
-    sha256 = write_probe(version_dir / PROBE_NAME, inputs, arrays)
-    data = json.loads((version_dir / "manifest.json").read_text())
-    for record in [data["validation"], *(a["validation"] for a in data["alternatives"])]:
-        if "probe" in record:
-            record["probe"]["sha256"] = sha256
-    (version_dir / "manifest.json").write_text(json.dumps(data))
+    (artifact,) = [a for a in manifest.artifacts if a.file == artifact_file]
+    _, expected = read_probe(version_dir, Expectation.from_validation(artifact.validation))
+    expected = expected.copy()
+    expected[0, 0] += shift
+    rewrite_probe(version_dir, {artifact_file: expected})
 
 
 async def load(repo, name, metrics=None):
