@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from export import ExportResult
 
 
+# Fixtures that start `python -m service` (or another server process): a test that uses one is in the
+# process tier, wherever it lives.
+PROCESS_FIXTURES = frozenset(
+    {"lenet5_server", "server", "server_factory", "shared_server", "servers", "stub", "client"}
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
+
 @pytest.fixture(scope="session")
 def lenet_checkpoint(tmp_path_factory):
     """LeNet-5 trained on digits with the default recipe (about 10 s on two cores)."""

@@ -30,6 +30,8 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from service.client import InferenceClient, InferenceServerError
 
+pytestmark = pytest.mark.bench
+
 SECTIONS = {
     "client",
     "client-api",

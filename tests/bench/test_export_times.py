@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import export_times
 
 
@@ -27,6 +29,7 @@ def test_stage_lines_are_read_and_grouped():
     assert [export_times.group_of(s) for s in stages] == ["export", "quantize", "check", "fit batching"]
 
 
+@pytest.mark.bench
 def test_one_export_is_timed_by_stage(tmp_path):
     """The real CLI in a process of its own, as the section runs it (about 15 s)."""
     result = export_times.export_one("lenet5", tmp_path, timeout_s=600)

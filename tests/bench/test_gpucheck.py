@@ -17,6 +17,8 @@ from bench.gpucheck import environment, served
 from bench.gpucheck.served import CheckFailed
 from harness.repository import copy_entry
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[2]
 # What the lent GPU machine's image lacks (KINDS.md): importing any of them there fails.
 ABSENT_ON_GPU_IMAGE = ("starlette", "uvicorn", "tensorrt", "grpc_reflection", "grpc_health")

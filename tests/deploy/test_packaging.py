@@ -7,6 +7,8 @@ import pytest
 
 from harness.server import ROOT, start_server
 
+pytestmark = pytest.mark.process
+
 tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
 
 # What the export, loadtest and dev extras bring; the server must not need any of it.

@@ -30,6 +30,8 @@ from tests.deploy.deploy_contract import (
     server_settings,
 )
 
+pytestmark = pytest.mark.process
+
 GPU_SERIES = re.compile(r"cnnserve_gpu_")  # only where NVML finds a GPU
 
 

@@ -11,6 +11,8 @@ import pytest
 from examples.classify_digits import main
 from harness.server import ROOT
 
+pytestmark = pytest.mark.process
+
 
 def test_demo_classifies_the_heldout_digits_and_stops_cleanly(lenet5_export, tmp_path):
     out = tmp_path / "demo.json"

@@ -9,6 +9,8 @@ import pytest
 
 from export.cli import main
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

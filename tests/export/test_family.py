@@ -10,6 +10,8 @@ from modelrepo.config import read_config
 from modelrepo.manifest import Manifest, sha256_file
 from models import get_model_entry, list_models
 
+pytestmark = pytest.mark.slow
+
 SLOW_PARAMS = 25_000_000
 
 

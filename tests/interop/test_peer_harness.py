@@ -13,6 +13,8 @@ from harness.peers import OnnxModel, PeerUnavailable, mlserver, triton
 from harness.peers.install import MARKER, BasePython, VenvSpec, ensure_venv
 from protos import model_config_pb2 as mc
 
+pytestmark = pytest.mark.peers
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):

@@ -42,6 +42,8 @@ from harness.server import ROOT, start_server
 from models.lenet import DIGIT_LABELS, DIGITS_INPUT
 from service.client import InferenceServerError
 
+pytestmark = pytest.mark.peers
+
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 NAMESPACE = "interop"
 SHORT_FOR = "2s"

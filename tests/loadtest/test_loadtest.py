@@ -17,6 +17,8 @@ from bench import null_server
 from loadtest import cli
 from loadtest.scrape import scrape
 
+pytestmark = pytest.mark.process
+
 # Short windows keep every run to a few seconds; the tolerance is loose because the CI machine is shared.
 FAST = "--window 0.4 --windows 2 --warmup 0.2 --duration 2 --stability 0.5 --quiet"
 

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtest import cli
 from models.datasets import digits_images
 
+pytestmark = pytest.mark.process
+
 FAST = "--window 0.4 --windows 2 --warmup 0.2 --duration 2 --stability 0.5 --quiet"
 
 

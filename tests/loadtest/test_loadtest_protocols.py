@@ -13,6 +13,8 @@ from bench import null_server
 from loadtest import cli
 from loadtest.scrape import scrape
 
+pytestmark = pytest.mark.process
+
 FAST = "--window 0.3 --windows 2 --warmup 0.1 --duration 0.9 --stability 0.5 --quiet"
 SERVER = {"model": "null", "shape": (1, 8, 8), "classes": 10, "max_batch_size": 8}
 PROTOCOLS = ("grpc", "http")

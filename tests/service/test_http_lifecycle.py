@@ -15,6 +15,8 @@ import pytest
 
 from harness.server import ROOT, free_port
 
+pytestmark = pytest.mark.process
+
 ROW = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from harness.server import http_request, start_server
 
+pytestmark = pytest.mark.process
+
 INFER = "/v2/models/lenet5/infer"
 LIMIT = 8192  # one LeNet-5 row (4096 bytes) fits with its JSON header, two do not
 INFER_KEY = {"infer-key": "s3cret"}

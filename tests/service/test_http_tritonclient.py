@@ -90,10 +90,13 @@ def tritonclient_http_installed() -> bool:
     )
 
 
-pytestmark = pytest.mark.skipif(
-    not tritonclient_http_installed(),
-    reason="tritonclient[http] is not installed (the dev extra installs it)",
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(
+        not tritonclient_http_installed(),
+        reason="tritonclient[http] is not installed (the dev extra installs it)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness.server import ROOT
 from service.app import RepositoryMissing, check_repository
 from service.settings import load_settings
@@ -34,6 +36,7 @@ def test_check_repository(tmp_path):
         raise AssertionError("a missing repository was accepted")
 
 
+@pytest.mark.process
 def test_a_server_on_a_missing_repository_exits_1_saying_why(tmp_path):
     missing = tmp_path / "not-mounted"
     done = subprocess.run(

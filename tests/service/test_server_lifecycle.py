@@ -22,6 +22,8 @@ from protos import health_pb2, health_pb2_grpc
 from protos.wire import add_input
 from service.client import InferenceServerError
 
+pytestmark = pytest.mark.process
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

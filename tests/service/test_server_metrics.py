@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos import grpc_service_pb2 as pb
 
+pytestmark = pytest.mark.process
+
 CONTRACT = {  # name -> (type, labels)
     "cnnserve_request_duration_seconds": ("histogram", {"model", "version", "protocol"}),
     "cnnserve_queue_duration_seconds": ("histogram", {"model", "version"}),

@@ -15,6 +15,8 @@ from modelrepo.preprocess import preprocess_bytes
 from models.lenet import DIGITS_INPUT
 from service.client import Classification, InferenceServerError, parse_classification
 
+pytestmark = pytest.mark.process
+
 
 def expected_top(model_repo, images, k):
     session = ort.InferenceSession(

@@ -72,9 +72,12 @@ def tritonclient_installed() -> bool:
     )
 
 
-pytestmark = pytest.mark.skipif(
-    not tritonclient_installed(), reason="tritonclient[grpc] is not installed (the dev extra installs it)"
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(
+        not tritonclient_installed(), reason="tritonclient[grpc] is not installed (the dev extra installs it)"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
