@@ -154,6 +154,7 @@ class Server:
             self.plane,
             self.health,
             max_body_bytes=self.settings.max_message_bytes,
+            max_json_bytes=self.settings.max_json_bytes,
             restrictions=self.restrictions,
             registry=self.metrics.registry if with_metrics else None,
         ).app()

@@ -42,6 +42,11 @@ class Settings:
     poll_interval: float = 5.0  # seconds between repository scans in poll mode
     grace_period: float = 30.0  # seconds SIGTERM waits for queued and in-flight requests
     max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit, HTTP request body limit
+    # The JSON part of an HTTP infer request, parsed on the event loop while it holds the GIL (json.loads
+    # and numpy's conversion keep it, so no thread helps): measured at about 2 MiB of FP32 tensor JSON per
+    # 50 ms on a 2-core host under load, so 1 MiB keeps a request's stall near 25 ms. Larger tensors
+    # travel as binary data (Triton's binary tensor extension) or over gRPC.
+    max_json_bytes: int = 1 << 20
     device: str = "auto"
     backend: str = "auto"  # the runtime tried first where a version has its artifact (auto: the ranking)
     log_level: str = "info"
@@ -71,7 +76,7 @@ class Settings:
             raise SettingsError(
                 f"{_describe('max_message_bytes')} must be at least 1024 bytes, got {self.max_message_bytes}"
             )
-        for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels"):
+        for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels", "max_json_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_describe(name)} must be >= 1, got {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -143,6 +148,12 @@ OPTIONS: dict[str, _Option] = {
         "SERVE_MAX_MESSAGE_BYTES",
         int,
         "largest gRPC message received or sent, and largest HTTP request body",
+    ),
+    "max_json_bytes": _Option(
+        "--max-json-bytes",
+        "SERVE_MAX_JSON_BYTES",
+        int,
+        "largest JSON part of an HTTP infer request (larger: 413; send binary tensor data or use gRPC)",
     ),
     "device": _Option("--device", "SERVE_DEVICE", str, "auto | cpu | cuda"),
     "backend": _Option(

@@ -52,6 +52,7 @@ JSON_INLINE_BYTES = 1 << 18  # larger JSON headers are parsed off the event loop
 # --max-message-bytes allows inference.
 CONTROL_BODY_BYTES = 64 * 1024
 MESSAGE_LIMIT = "--max-message-bytes"
+JSON_LIMIT = "--max-json-bytes"
 CONTROL_LIMIT = "the limit of repository control requests"
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
 MAX_INFLATE_RATIO = 256  # bytes a compressed body may inflate to per byte received...
@@ -98,6 +99,11 @@ def _endpoint(group: str | None) -> Callable:
     return decorate
 
 
+def _digits(value: str | None) -> str | None:
+    """A header's value when it is a decimal count."""
+    return value if value is not None and value.isascii() and value.isdigit() else None
+
+
 def _model(request: Request) -> tuple[str, str]:
     params = request.path_params
     return params["model"], params.get("version", "")
@@ -112,12 +118,14 @@ class HttpFrontEnd:
         health: HealthState,
         *,
         max_body_bytes: int,
+        max_json_bytes: int,
         restrictions: dict[str, Restriction] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.plane = plane
         self.health = health
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes
         self.restrictions = restrictions or {}
         self.registry = registry
 
@@ -192,11 +200,40 @@ class HttpFrontEnd:
 
     # ------------------------------------------------------------------------------ inference
 
+    def check_json_size(self, size: int | str) -> None:
+        """Refuse (413) a JSON part of ``size`` bytes (a count, or its digits as a header gives them) past
+        --max-json-bytes: parsing it would hold the event loop, and the GIL, longer than a request may."""
+        if isinstance(size, str):
+            size = f"a {len(size)}-digit number of" if len(size) > 18 else int(size)
+        if isinstance(size, str) or size > self.max_json_bytes:
+            raise PayloadTooLarge(
+                f"the request's JSON is {size} bytes, more than the server's limit of {self.max_json_bytes} "
+                f"bytes for JSON ({JSON_LIMIT}); send tensors as binary data (Triton's binary tensor data "
+                "extension: header Inference-Header-Content-Length) or over gRPC"
+            )
+
+    def check_declared_json_size(self, request: Request) -> None:
+        """--max-json-bytes checked before the body is read, from what the headers say: the JSON header's
+        length where the binary extension gives it, else an uncompressed body's Content-Length."""
+        headers = request.headers
+        length = None
+        if headers.get("content-encoding", "identity").strip().lower() == "identity":
+            length = _digits(headers.get("content-length"))
+        declared = headers.get(codec.HEADER_LENGTH)
+        if declared is not None:
+            if length is not None and len(length) <= 18:
+                codec.header_length(declared, int(length))  # a malformed header: 400, unread
+            length = _digits(declared)
+        if length is not None:
+            self.check_json_size(length)
+
     @_endpoint("inference")
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
+        self.check_declared_json_size(request)
         body = await self.body(request)
         length = codec.header_length(request.headers.get(codec.HEADER_LENGTH), len(body))
+        self.check_json_size(length or len(body))
         if (length or len(body)) > JSON_INLINE_BYTES:
             loop = asyncio.get_running_loop()
             plain, choice = await loop.run_in_executor(

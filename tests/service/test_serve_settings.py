@@ -17,6 +17,7 @@ def test_defaults_match_the_contract():
     assert (s.max_message_bytes, s.device, s.log_level) == (67108864, "auto", "info")
     assert (s.health_port, s.max_inflight, s.max_inflight_bytes) == (8003, 1024, 1 << 30)
     assert (s.max_image_pixels, s.tls_cert, s.restricted_protocol) == (25_000_000, None, ())
+    assert s.max_json_bytes == 1 << 20
 
 
 def test_tls_and_restriction_settings(tmp_path):
@@ -52,6 +53,7 @@ def test_env_names_match_the_contract():
         "poll_interval": "SERVE_POLL_INTERVAL_SECONDS",
         "grace_period": "SERVE_GRACE_PERIOD_SECONDS",
         "max_message_bytes": "SERVE_MAX_MESSAGE_BYTES",
+        "max_json_bytes": "SERVE_MAX_JSON_BYTES",
         "device": "SERVE_DEVICE",
         "backend": "SERVE_BACKEND",
         "log_level": "SERVE_LOG_LEVEL",
@@ -99,6 +101,7 @@ def test_env_then_flags():
         (["--backend", "triton"], {}, "SERVE_BACKEND must be one of auto, onnxruntime, torch, tensorrt"),
         (["--poll-interval", "0"], {}, "must be > 0 seconds"),
         (["--max-message-bytes", "10"], {}, "at least 1024 bytes"),
+        ([], {"SERVE_MAX_JSON_BYTES": "0"}, "--max-json-bytes / SERVE_MAX_JSON_BYTES must be >= 1"),
         (["--repo-wait"], {}, "--repo-wait / SERVE_REPO_WAIT needs --model-control-mode"),
     ],
 )
