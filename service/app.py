@@ -155,6 +155,7 @@ class Server:
             self.health,
             max_body_bytes=self.settings.max_message_bytes,
             max_json_bytes=self.settings.max_json_bytes,
+            body_timeout=self.settings.body_timeout,
             restrictions=self.restrictions,
             registry=self.metrics.registry if with_metrics else None,
         ).app()

@@ -52,7 +52,10 @@ class Settings:
     log_level: str = "info"
     health_port: int = 8003  # gRPC health on a thread of its own, for probes (0: pick a free port)
     max_inflight: int = 1024  # requests accepted and not yet answered, server-wide
-    max_inflight_bytes: int = 1 << 30  # their payload bytes
+    # Request bytes held in flight, every front end: HTTP bodies (reserved before they are read), then the
+    # checked tensors of every inference request. 256 MiB leaves a 2 GiB pod room for models and batches.
+    max_inflight_bytes: int = 256 << 20
+    body_timeout: float = 30.0  # seconds an HTTP request body may stall between chunks before it is dropped
     max_image_pixels: int = 25_000_000  # per encoded image, checked from its header before decoding
     tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC and HTTP ports
     tls_key: Path | None = None  # PEM private key of tls_cert
@@ -70,6 +73,8 @@ class Settings:
                 raise SettingsError(f"{_describe(name)} must be a port number 0..65535, got {port}")
         if self.poll_interval <= 0:
             raise SettingsError(f"{_describe('poll_interval')} must be > 0 seconds, got {self.poll_interval}")
+        if self.body_timeout <= 0:
+            raise SettingsError(f"{_describe('body_timeout')} must be > 0 seconds, got {self.body_timeout}")
         if self.grace_period < 0:
             raise SettingsError(f"{_describe('grace_period')} must be >= 0 seconds, got {self.grace_period}")
         if self.max_message_bytes < 1024:
@@ -176,7 +181,14 @@ OPTIONS: dict[str, _Option] = {
         "--max-inflight-bytes",
         "SERVE_MAX_INFLIGHT_BYTES",
         int,
-        "payload bytes in flight before RESOURCE_EXHAUSTED",
+        "request bytes in flight (HTTP bodies before they are read, then tensors) before "
+        "RESOURCE_EXHAUSTED / 429",
+    ),
+    "body_timeout": _Option(
+        "--body-timeout",
+        "SERVE_BODY_TIMEOUT_SECONDS",
+        float,
+        "seconds an HTTP request body may stall between chunks before it is dropped (408)",
     ),
     "max_image_pixels": _Option(
         "--max-image-pixels", "SERVE_MAX_IMAGE_PIXELS", int, "largest image (width x height) decoded"

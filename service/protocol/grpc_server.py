@@ -157,10 +157,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
+# grpcio buffers a whole message before a handler sees it, so what a connection may hold before admission
+# is its concurrent streams times --max-message-bytes: 32 x 64 MiB = 2 GiB at the defaults, per
+# connection (HTTP/2 bounds streams per connection, not per server). Clients queue streams past it.
+MAX_CONCURRENT_STREAMS = 32
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ]
 

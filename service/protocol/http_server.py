@@ -35,9 +35,18 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.dataplane.budget import BudgetFull, ByteBudget
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse
-from service.errors import HTTP_STATUS, Cancelled, InvalidInput, PayloadTooLarge, ServeError, clip
+from service.errors import (
+    HTTP_STATUS,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    PayloadTooLarge,
+    ServeError,
+    clip,
+)
 from service.protocol import http_codec as codec
 from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
@@ -53,6 +62,8 @@ JSON_INLINE_BYTES = 1 << 18  # larger JSON headers are parsed off the event loop
 CONTROL_BODY_BYTES = 64 * 1024
 MESSAGE_LIMIT = "--max-message-bytes"
 JSON_LIMIT = "--max-json-bytes"
+BODY_TIMEOUT = "--body-timeout"
+RESERVATION = "cnnserve.body_reservation"  # ASGI scope key: the request's BodyReservation
 CONTROL_LIMIT = "the limit of repository control requests"
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
 MAX_INFLATE_RATIO = 256  # bytes a compressed body may inflate to per byte received...
@@ -67,9 +78,36 @@ class UnsupportedEncoding(InvalidInput):
     http_status = 415
 
 
-def error_response(code: int, message: str, close: bool = False) -> Response:
-    headers = {"connection": "close"} if close else None
-    return Response(codec.dumps({"error": message}), code, headers, media_type=codec.JSON_TYPE)
+class BodyTimeout(DeadlineExceeded):
+    """The client stopped sending its request body (408; the connection is dropped)."""
+
+    http_status = 408
+
+
+class BodyReservation:
+    """The bytes one request's body holds, reserved against the server's budget before they are read
+    and released when the request ends (:func:`_endpoint`)."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+
+    def grow_to(self, nbytes: int, what: str) -> None:
+        if nbytes > self.bytes:
+            self.bytes += self.budget.reserve(nbytes - self.bytes, what)
+
+    def release(self) -> None:
+        self.budget.release(self.bytes)
+        self.bytes = 0
+
+
+def error_response(
+    code: int, message: str, close: bool = False, headers: dict[str, str] | None = None
+) -> Response:
+    headers = dict(headers or {})
+    if close:
+        headers["connection"] = "close"
+    return Response(codec.dumps({"error": message}), code, headers or None, media_type=codec.JSON_TYPE)
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:
@@ -93,6 +131,10 @@ def _endpoint(group: str | None) -> Callable:
                 return await method(self, request)
             except Exception as e:
                 return self.error(e)
+            finally:
+                reservation = request.scope.get(RESERVATION)
+                if reservation is not None:
+                    reservation.release()
 
         return endpoint
 
@@ -119,6 +161,7 @@ class HttpFrontEnd:
         *,
         max_body_bytes: int,
         max_json_bytes: int,
+        body_timeout: float,
         restrictions: dict[str, Restriction] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -126,6 +169,8 @@ class HttpFrontEnd:
         self.health = health
         self.max_body_bytes = max_body_bytes
         self.max_json_bytes = max_json_bytes
+        self.body_timeout = body_timeout
+        self.budget = plane.budget
         self.restrictions = restrictions or {}
         self.registry = registry
 
@@ -158,8 +203,12 @@ class HttpFrontEnd:
     def error(self, exc: BaseException) -> Response:
         status, message = self.plane.public_status(exc)
         code = exc.http_status if isinstance(exc, ServeError) else HTTP_STATUS[status]
-        # Refused unread (too large), or draining: the client should go elsewhere on a new connection.
-        return error_response(code, message, close=isinstance(exc, PayloadTooLarge) or code == 503)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+        # Refused unread (too large, no room, stalled), or draining: the client should go elsewhere, or
+        # come back, on a new connection.
+        unread = isinstance(exc, PayloadTooLarge | BudgetFull | BodyTimeout)
+        return error_response(code, message, close=unread or code == 503, headers=headers)
 
     async def body(
         self, request: Request, limit: int | None = None, limit_name: str = MESSAGE_LIMIT
@@ -179,24 +228,42 @@ class HttpFrontEnd:
             raise PayloadTooLarge(
                 f"request body of {size} bytes exceeds the server's limit of {limit} bytes ({limit_name})"
             )
+        reservation = request.scope[RESERVATION] = BodyReservation(self.budget)
+        if declared.isascii() and declared.isdigit():
+            reservation.grow_to(int(declared), "the request body's")  # before a byte is read
         chunks, size = [], 0
+        stream = request.stream()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
                 if chunk:
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(
                             f"request body exceeds the server's limit of {limit} bytes ({limit_name})"
                         )
+                    reservation.grow_to(size, "the request body's")  # chunked: as the chunks arrive
                     chunks.append(chunk)
         except ClientDisconnect:
             raise Cancelled("the client went away before it sent the whole request body") from None
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body stalled: nothing arrived for {self.body_timeout:g} s after {size} bytes "
+                f"({BODY_TIMEOUT})"
+            ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding == "identity":
             return body
         if len(body) <= INFLATE_INLINE_BYTES and limit <= INFLATE_INLINE_LIMIT:
-            return inflate(body, encoding, limit, limit_name)
-        return await asyncio.to_thread(inflate, body, encoding, limit, limit_name)
+            plain = inflate(body, encoding, limit, limit_name)
+        else:
+            plain = await asyncio.to_thread(inflate, body, encoding, limit, limit_name)
+        reservation.grow_to(len(body) + len(plain), "the request body's compressed and inflated")
+        return plain
 
     # ------------------------------------------------------------------------------ inference
 
