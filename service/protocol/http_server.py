@@ -50,6 +50,7 @@ from service.errors import (
 from service.protocol import http_codec as codec
 from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
+from service.protocol.http_headers import BoundedHttpToolsProtocol
 from service.protocol.security import Restriction
 from service.serving.model_names import check_model_name
 from service.telemetry.stats import HTTP, REQUEST_PROTOCOL
@@ -486,6 +487,7 @@ def uvicorn_config(
     proxy headers, no websockets; TLS (mutual with ``tls_client_ca``). Unreadable TLS files fail here."""
     config = uvicorn.Config(
         app,
+        http=BoundedHttpToolsProtocol,  # header count and size limited (service.protocol.http_headers)
         log_config=None,
         log_level="warning",
         access_log=False,
