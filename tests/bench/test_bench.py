@@ -34,6 +34,7 @@ SECTIONS = {
     "client",
     "client-api",
     "export",
+    "export-times",
     "serve-compute",
     "batching",
     "gpu",
@@ -44,6 +45,7 @@ SECTIONS = {
     "health",
     "reload",
     "soak",
+    "hostile",
 }
 
 
