@@ -20,6 +20,7 @@ from service.dataplane.plane import DataPlane
 from service.errors import InvalidInput
 from service.protocol import grpc_codec as codec
 from service.protocol.grpc_handlers import Unparseable, add_servicer
+from service.protocol.grpc_precheck import shape_refusal
 from service.protocol.health import HEALTH_SERVICE, INFERENCE_SERVICE, AioHealthServicer, HealthState
 from service.protocol.security import GROUP_OF, Restriction, headers_of
 
@@ -189,6 +190,7 @@ def build_server(
         server,
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         pb,
+        prechecks={"ModelInferRequest": shape_refusal},  # before grpc.aio parses it on the event loop
     )
     add_servicer(
         AioHealthServicer(health), server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2
