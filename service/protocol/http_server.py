@@ -287,6 +287,8 @@ class HttpFrontEnd:
         length = None
         if headers.get("content-encoding", "identity").strip().lower() == "identity":
             length = _digits(headers.get("content-length"))
+            if length is not None and (len(length) > 18 or int(length) > self.max_body_bytes):
+                return  # past --max-message-bytes: refused as such by body()
         declared = headers.get(codec.HEADER_LENGTH)
         if declared is not None:
             if length is not None and len(length) <= 18:

@@ -135,3 +135,13 @@ def test_json_data_is_counted_against_the_shape_before_conversion(repo, doc, mes
 
     answer = run(main())
     assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+
+
+def test_a_body_past_the_message_limit_is_refused_as_such_first(repo):
+    async def main():
+        async with serving(repo, "--max-json-bytes", str(LIMIT), "--max-message-bytes", "65536") as s:
+            return await s.http.post(INFER, content=b" " * 70_000)
+
+    answer = run(main())
+    assert answer.status_code == 413
+    assert "exceeds the server's limit of 65536 bytes (--max-message-bytes)" in answer.json()["error"]
