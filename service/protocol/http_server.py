@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protos.wire import BYTES
 from service.dataplane.budget import BudgetFull, ByteBudget
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse
@@ -96,6 +97,11 @@ class BodyReservation:
     def grow_to(self, nbytes: int, what: str) -> None:
         if nbytes > self.bytes:
             self.bytes += self.budget.reserve(nbytes - self.bytes, what)
+
+    def shrink_by(self, nbytes: int) -> None:
+        nbytes = min(nbytes, self.bytes)
+        self.budget.release(nbytes)
+        self.bytes -= nbytes
 
     def release(self) -> None:
         self.budget.release(self.bytes)
@@ -311,6 +317,11 @@ class HttpFrontEnd:
             )
         else:
             plain, choice = codec.infer_request(model, version, body, length)
+        # Binary numeric tensors are views of the body, which the data plane counts again as the request's
+        # tensors: the body's reservation gives those bytes back rather than count them twice. (Encoded
+        # images are copied out of the body, so their bytes stay counted in both.)
+        shared = sum(len(t.raw) for t in plain.inputs if t.raw is not None and t.datatype != BYTES)
+        request.scope[RESERVATION].shrink_by(shared)
         REQUEST_PROTOCOL.set(HTTP)  # this task's requests count as HTTP in the metrics
         content, header = codec.infer_response(await self._infer_while_connected(request, plain), choice)
         if header is None:

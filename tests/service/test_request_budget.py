@@ -125,3 +125,25 @@ def test_grpc_bounds_the_streams_a_connection_may_buffer():
     from service.protocol.grpc_server import MAX_CONCURRENT_STREAMS, server_options
 
     assert dict(server_options(1 << 20))["grpc.max_concurrent_streams"] == MAX_CONCURRENT_STREAMS
+
+
+def test_a_binary_tensor_counts_once_though_it_is_both_body_and_tensor(repo):
+    """4 KiB of FP32 rows in a body of about 4.2 KB: counted twice, it would not fit 6000 bytes."""
+    import json
+
+    import numpy as np
+
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32]}
+    tensor["parameters"] = {"binary_data_size": 4096}
+    head = json.dumps({"inputs": [tensor]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+
+    async def main():
+        async with serving(repo, "--max-inflight-bytes", "6000") as s:
+            body = head + np.zeros(1024, np.float32).tobytes()
+            answer = await s.http.post(INFER, content=body, headers=headers)
+            return answer, s.server.plane.budget.held
+
+    answer, held = run(main())
+    assert answer.status_code == 200, answer.text
+    assert held == 0
