@@ -41,6 +41,7 @@ SECTION_MODULES = {
     "health": "bench.health",
     "reload": "bench.reload",
     "soak": "bench.soak",
+    "hostile": "bench.hostile",
 }
 
 

@@ -85,6 +85,22 @@ class InputSpec:
 IMAGENET_INPUT = InputSpec(3, 224, 224, IMAGENET_MEAN, IMAGENET_STD, "RGB", resize=256)
 
 
+# The server decodes at most this many pixels per pixel of the model's input, after any reduced-size
+# decoding the format allows (JPEG's DCT scaling): the work an image may cause follows from the model it is
+# for, not from --max-image-pixels alone (a 5000x5000 PNG for a 32x32 model costs seconds and 300 MB).
+DECODE_BUDGET_FACTOR = 16
+# Modes decoded as they are or converted cheaply; 16-bit greyscale ("I;16*", PNG's "I") is scaled to 8 bits
+# (a uint32 copy, bounded by the decode budget). Anything else (32-bit "I" and "F" outside PNG, ...) is
+# refused from the header, before any pixel is decoded.
+DECODED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB"})
+
+
+def decode_budget(spec: InputSpec, max_pixels: int) -> int:
+    """The most pixels decoded for one image for ``spec``: :data:`DECODE_BUDGET_FACTOR` times its input,
+    never above ``max_pixels``."""
+    return min(max_pixels, DECODE_BUDGET_FACTOR * spec.height * spec.width)
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image the server accepts (format, size, mode, or corrupt data)."""
 
@@ -121,15 +137,46 @@ def _draft_size(w: int, h: int, spec: InputSpec) -> tuple[int, int]:
     return max(spec.width, math.ceil(w * scale)), max(spec.height, math.ceil(h * scale))
 
 
-def load_image(img: Image.Image, spec: InputSpec) -> Image.Image:
+def _check_mode(img: Image.Image) -> None:
+    mode = img.mode
+    if (
+        mode not in DECODED_MODES
+        and not mode.startswith("I;16")
+        and not (mode == "I" and img.format == "PNG")
+    ):
+        bits = " (32-bit)" if mode in ("I", "F") else ""
+        raise ImageDecodeError(f"{img.format} image has {mode!r} pixels{bits}; send an 8 or 16-bit image")
+
+
+def _check_budget(img: Image.Image, header: tuple[int, int], spec: InputSpec, budget: int) -> None:
+    """``img`` (drafted to its reduced size where the format allows) within ``budget`` pixels."""
+    (w, h), (dw, dh) = header, img.size
+    if dw * dh > budget:
+        reduced = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+        raise ImageDecodeError(
+            f"{img.format} image of {w}x{h} pixels{reduced} exceeds the limit of {budget} pixels decoded for "
+            f"this model's {spec.width}x{spec.height} input ({DECODE_BUDGET_FACTOR} times its pixels, at "
+            "most --max-image-pixels); send it resized closer to the model's input"
+        )
+
+
+def load_image(img: Image.Image, spec: InputSpec, budget: int | None = None) -> Image.Image:
     """Decode an opened image for ``spec``: its first frame (animated images), JPEGs at the largest DCT
-    reduction (1/2, 1/4, 1/8) that still holds the size the preprocessing keeps, in ``spec.color``."""
+    reduction (1/2, 1/4, 1/8) that still holds the size the preprocessing keeps, in ``spec.color``. With
+    ``budget`` (:func:`decode_budget`), an image that would still decode to more pixels is refused before
+    any pixel is decoded, as is a pixel mode that cannot be converted cheaply."""
+    w, h = img.size
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
+        _check_mode(img)
         if img.format == "JPEG":
             img.draft(img.mode, _draft_size(*img.size, spec))
+        if budget is not None:
+            _check_budget(img, (w, h), spec, budget)
         img.load()
+    except ImageDecodeError:
+        raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"cannot decode {img.format} image: {e}") from None
     return to_color(img, spec.color)
@@ -155,8 +202,10 @@ def to_color(img: Image.Image, color: str) -> Image.Image:
 def decode_image(
     data: bytes, spec: InputSpec, formats: Sequence[str] | None = None, max_pixels: int | None = None
 ) -> Image.Image:
-    """Encoded bytes -> a decoded image in ``spec.color``; raises :class:`ImageDecodeError` saying why."""
-    return load_image(open_image(data, formats, max_pixels), spec)
+    """Encoded bytes -> a decoded image in ``spec.color``; raises :class:`ImageDecodeError` saying why.
+    With ``max_pixels`` (the server), within :func:`decode_budget` too."""
+    budget = None if max_pixels is None else decode_budget(spec, max_pixels)
+    return load_image(open_image(data, formats, max_pixels), spec, budget)
 
 
 def to_pixels(img: Image.Image, spec: InputSpec) -> np.ndarray:

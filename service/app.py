@@ -154,6 +154,8 @@ class Server:
             self.plane,
             self.health,
             max_body_bytes=self.settings.max_message_bytes,
+            max_json_bytes=self.settings.max_json_bytes,
+            body_timeout=self.settings.body_timeout,
             restrictions=self.restrictions,
             registry=self.metrics.registry if with_metrics else None,
         ).app()

@@ -42,12 +42,20 @@ class Settings:
     poll_interval: float = 5.0  # seconds between repository scans in poll mode
     grace_period: float = 30.0  # seconds SIGTERM waits for queued and in-flight requests
     max_message_bytes: int = MAX_MESSAGE_BYTES  # gRPC receive and send limit, HTTP request body limit
+    # The JSON part of an HTTP infer request, parsed on the event loop while it holds the GIL (json.loads
+    # and numpy's conversion keep it, so no thread helps): measured at about 2 MiB of FP32 tensor JSON per
+    # 50 ms on a 2-core host under load, so 1 MiB keeps a request's stall near 25 ms. Larger tensors
+    # travel as binary data (Triton's binary tensor extension) or over gRPC.
+    max_json_bytes: int = 1 << 20
     device: str = "auto"
     backend: str = "auto"  # the runtime tried first where a version has its artifact (auto: the ranking)
     log_level: str = "info"
     health_port: int = 8003  # gRPC health on a thread of its own, for probes (0: pick a free port)
     max_inflight: int = 1024  # requests accepted and not yet answered, server-wide
-    max_inflight_bytes: int = 1 << 30  # their payload bytes
+    # Request bytes held in flight, every front end: HTTP bodies (reserved before they are read), then the
+    # checked tensors of every inference request. 256 MiB leaves a 2 GiB pod room for models and batches.
+    max_inflight_bytes: int = 256 << 20
+    body_timeout: float = 30.0  # seconds an HTTP request body may stall between chunks before it is dropped
     max_image_pixels: int = 25_000_000  # per encoded image, checked from its header before decoding
     tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC and HTTP ports
     tls_key: Path | None = None  # PEM private key of tls_cert
@@ -65,13 +73,15 @@ class Settings:
                 raise SettingsError(f"{_describe(name)} must be a port number 0..65535, got {port}")
         if self.poll_interval <= 0:
             raise SettingsError(f"{_describe('poll_interval')} must be > 0 seconds, got {self.poll_interval}")
+        if self.body_timeout <= 0:
+            raise SettingsError(f"{_describe('body_timeout')} must be > 0 seconds, got {self.body_timeout}")
         if self.grace_period < 0:
             raise SettingsError(f"{_describe('grace_period')} must be >= 0 seconds, got {self.grace_period}")
         if self.max_message_bytes < 1024:
             raise SettingsError(
                 f"{_describe('max_message_bytes')} must be at least 1024 bytes, got {self.max_message_bytes}"
             )
-        for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels"):
+        for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels", "max_json_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_describe(name)} must be >= 1, got {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -144,6 +154,12 @@ OPTIONS: dict[str, _Option] = {
         int,
         "largest gRPC message received or sent, and largest HTTP request body",
     ),
+    "max_json_bytes": _Option(
+        "--max-json-bytes",
+        "SERVE_MAX_JSON_BYTES",
+        int,
+        "largest JSON part of an HTTP infer request (larger: 413; send binary tensor data or use gRPC)",
+    ),
     "device": _Option("--device", "SERVE_DEVICE", str, "auto | cpu | cuda"),
     "backend": _Option(
         "--backend",
@@ -165,7 +181,14 @@ OPTIONS: dict[str, _Option] = {
         "--max-inflight-bytes",
         "SERVE_MAX_INFLIGHT_BYTES",
         int,
-        "payload bytes in flight before RESOURCE_EXHAUSTED",
+        "request bytes in flight (HTTP bodies before they are read, then tensors) before "
+        "RESOURCE_EXHAUSTED / 429",
+    ),
+    "body_timeout": _Option(
+        "--body-timeout",
+        "SERVE_BODY_TIMEOUT_SECONDS",
+        float,
+        "seconds an HTTP request body may stall between chunks before it is dropped (408)",
     ),
     "max_image_pixels": _Option(
         "--max-image-pixels", "SERVE_MAX_IMAGE_PIXELS", int, "largest image (width x height) decoded"

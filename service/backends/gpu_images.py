@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from modelrepo.names import IMAGE_INPUT
-from modelrepo.preprocess import ImageDecodeError, InputSpec, load_image, open_image, to_pixels
+from modelrepo.preprocess import (
+    ImageDecodeError,
+    InputSpec,
+    decode_budget,
+    load_image,
+    open_image,
+    to_pixels,
+)
 from service.backends.base import ImageDecoderFn
 from service.errors import InvalidInput
 
@@ -139,16 +146,19 @@ def decode_to_pixels(
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out = np.empty((len(images), *spec.pixels_shape), dtype=np.uint8)
+    budget = decode_budget(spec, max_pixels)
     on_device, on_cpu = [], []
     for i, data in enumerate(images):
         try:
             img = open_image(data, spec.image_formats, max_pixels)
         except ImageDecodeError as e:
             raise InvalidInput(f"input {IMAGE_INPUT!r} element {i}: {e}") from None
-        (on_device if img.format == "JPEG" and img.mode in DEVICE_MODES else on_cpu).append((i, img))
+        # nvJPEG decodes at full size: a JPEG past the budget goes to Pillow, which decodes it reduced
+        fits = img.size[0] * img.size[1] <= budget
+        (on_device if img.format == "JPEG" and img.mode in DEVICE_MODES and fits else on_cpu).append((i, img))
     for i, img in on_cpu:
         try:
-            out[i] = to_pixels(load_image(img, spec), spec)
+            out[i] = to_pixels(load_image(img, spec, budget), spec)
         except ImageDecodeError as e:
             raise InvalidInput(f"input {IMAGE_INPUT!r} element {i}: {e}") from None
     if not on_device:

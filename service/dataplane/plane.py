@@ -15,6 +15,7 @@ from importlib import metadata
 
 from modelrepo.names import IMAGE_INPUT, PIXELS_INPUT
 from protos import model_config_pb2 as mc
+from service.dataplane.budget import ByteBudget
 from service.dataplane.images import ImageDecoder
 from service.dataplane.inputs import IMAGES, read_input, read_top_k, request_deadline
 from service.dataplane.outputs import build_response
@@ -82,7 +83,7 @@ class DataPlane:
         self.draining = False
         self.started = False
         self.inflight = InflightCounter()
-        self.held_bytes = 0  # payload bytes of the requests in flight
+        self.budget = ByteBudget(limits.max_inflight_bytes)  # request bytes in flight, every front end
         self.images = ImageDecoder(limits.decode_threads, limits.max_image_pixels)
 
     def close(self) -> None:
@@ -138,7 +139,7 @@ class DataPlane:
             model_input = read_input(request, io)
             top_k = read_top_k(request, io)
             deadline = request_deadline(request, io, received)
-            held = self._hold(model_input.held_bytes(io.row_bytes))
+            held = self.budget.reserve(model_input.held_bytes(io.row_bytes), "the request's payload of")
             served.batcher.check_room()
             data = model_input.data
             if model_input.kind == IMAGES:
@@ -154,20 +155,10 @@ class DataPlane:
             outcome = Cancelled.outcome
             raise
         finally:
-            self.held_bytes -= held
+            self.budget.release(held)
             served_inflight.exit()
             inflight.exit()
             telemetry.request_done(outcome, time.monotonic() - received)
-
-    def _hold(self, nbytes: int) -> int:
-        """Count ``nbytes`` against the in-flight memory bound; returns what the caller must release."""
-        if self.held_bytes + nbytes > self.limits.max_inflight_bytes:
-            raise Overloaded(
-                f"the request's {nbytes} bytes would take the payload held in flight past the server's limit "
-                f"of {self.limits.max_inflight_bytes} bytes; retry later or elsewhere"
-            )
-        self.held_bytes += nbytes
-        return nbytes
 
     # ------------------------------------------------------------- metadata
 

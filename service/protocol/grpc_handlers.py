@@ -5,7 +5,7 @@ here get such a request as :class:`Unparseable` and answer INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
 
 import grpc
@@ -22,10 +22,15 @@ class Unparseable:
         self.message = message
 
 
-def _parser(message_class) -> Callable[[bytes], object]:
+Precheck = Callable[[bytes], str | None]  # a message's wire bytes -> why it is refused unparsed, or None
+
+
+def _parser(message_class, precheck: Precheck | None = None) -> Callable[[bytes], object]:
     name = message_class.DESCRIPTOR.full_name
 
     def parse(data: bytes):
+        if precheck is not None and (refusal := precheck(data)) is not None:
+            return Unparseable(refusal)
         try:
             return message_class.FromString(data)
         except DecodeError as e:
@@ -34,9 +39,17 @@ def _parser(message_class) -> Callable[[bytes], object]:
     return parse
 
 
-def add_servicer(servicer, server, service: ServiceDescriptor, messages: ModuleType) -> None:
+def add_servicer(
+    servicer,
+    server,
+    service: ServiceDescriptor,
+    messages: ModuleType,
+    prechecks: Mapping[str, Precheck] | None = None,
+) -> None:
     """What the generated ``add_XServicer_to_server`` does, with requests that fail to parse handed to the
-    servicer as :class:`Unparseable` (``messages``: the module of the service's generated messages)."""
+    servicer as :class:`Unparseable` (``messages``: the module of the service's generated messages), as
+    are requests that ``prechecks`` (input message name -> check of its wire bytes) refuse unparsed."""
+    prechecks = prechecks or {}
     handlers = {}
     for method in service.methods:
         if method.client_streaming:
@@ -47,7 +60,9 @@ def add_servicer(servicer, server, service: ServiceDescriptor, messages: ModuleT
             make = grpc.unary_unary_rpc_method_handler
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=_parser(getattr(messages, method.input_type.name)),
+            request_deserializer=_parser(
+                getattr(messages, method.input_type.name), prechecks.get(method.input_type.name)
+            ),
             response_serializer=getattr(messages, method.output_type.name).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

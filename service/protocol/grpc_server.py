@@ -20,6 +20,7 @@ from service.dataplane.plane import DataPlane
 from service.errors import InvalidInput
 from service.protocol import grpc_codec as codec
 from service.protocol.grpc_handlers import Unparseable, add_servicer
+from service.protocol.grpc_precheck import shape_refusal
 from service.protocol.health import HEALTH_SERVICE, INFERENCE_SERVICE, AioHealthServicer, HealthState
 from service.protocol.security import GROUP_OF, Restriction, headers_of
 
@@ -157,10 +158,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
+# grpcio buffers a whole message before a handler sees it, so what a connection may hold before admission
+# is its concurrent streams times --max-message-bytes: 32 x 64 MiB = 2 GiB at the defaults, per
+# connection (HTTP/2 bounds streams per connection, not per server). Clients queue streams past it.
+MAX_CONCURRENT_STREAMS = 32
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ]
 
@@ -182,6 +190,7 @@ def build_server(
         server,
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         pb,
+        prechecks={"ModelInferRequest": shape_refusal},  # before grpc.aio parses it on the event loop
     )
     add_servicer(
         AioHealthServicer(health), server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2

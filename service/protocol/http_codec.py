@@ -49,6 +49,9 @@ BINARY_EXTENSION = "binary_tensor_data"  # Triton's name for the extension, in s
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 
+# More elements than any JSON body could hold (each takes at least one byte): a shape's product is
+# compared up to here, no further.
+MAX_ELEMENTS = 1 << 48
 _INTEGER_TYPES = frozenset(name for name, dtype in NUMPY_DTYPES.items() if dtype.kind in "iu")
 _KINDS = {"BOOL": ("b", "booleans")}  # datatype -> (numpy kinds accepted from JSON, what they are)
 _KINDS.update({name: ("iu", "integers") for name in _INTEGER_TYPES})
@@ -140,10 +143,54 @@ def header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def _json_values(data: Any, datatype: str, where: str) -> np.ndarray | list[bytes]:
-    """JSON ``data`` (a flat or nested list, row-major) as a flat array or list of bytes."""
+def shape_elements(shape: list[int], limit: int = MAX_ELEMENTS) -> int | None:
+    """The product of ``shape``; None past ``limit`` (a client's dimensions may multiply to any size)."""
+    product = 1
+    for d in shape:
+        product *= d
+        if product > limit:
+            return None
+    return product
+
+
+def element_count(data: list) -> int:
+    """How many elements a flat or nested ``data`` list holds, counted without converting it: walked one
+    nesting level at a time, each level's lists checked (their number is the element count divided by
+    the innermost length); the innermost level is whatever its first non-empty list starts with."""
+    level = [data]
+    while True:
+        first = next((items for items in level if items), None)
+        if first is None or not isinstance(first[0], list):
+            return sum(len(items) for items in level)
+        inner = []
+        for items in level:
+            for item in items:
+                if not isinstance(item, list):
+                    raise ValueError("lists and elements mixed at one nesting level")
+                inner.append(item)
+        level = inner
+
+
+def _check_count(data: list, shape: list[int], where: str) -> None:
+    """The elements of ``data`` against the declared ``shape``, before anything is converted."""
+    expected = shape_elements(shape)
+    try:
+        got = element_count(data)
+    except ValueError:
+        raise InvalidInput(
+            f"{where}: 'data' must be a flat list of elements, or lists nested evenly to the tensor's shape"
+        ) from None
+    if got != expected:
+        needed = f"more than {MAX_ELEMENTS}" if expected is None else str(expected)
+        raise InvalidInput(f"{where}: 'data' holds {got} elements but shape {clip(shape)} has {needed}")
+
+
+def _json_values(data: Any, datatype: str, shape: list[int], where: str) -> np.ndarray | list[bytes]:
+    """JSON ``data`` (a flat or nested list, row-major) as a flat array or list of bytes, counted against
+    ``shape`` first."""
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be a list of the elements in row-major order")
+    _check_count(data, shape, where)
     if datatype == BYTES:
         try:
             return [item.encode() for item in _flatten_strings(data, where)]
@@ -240,7 +287,7 @@ def _input(
             )
         raw, offset = body[offset : offset + size], offset + size
     else:
-        values = _json_values(entry["data"], datatype, where)
+        values = _json_values(entry["data"], datatype, shape, where)
     return InputTensor(name, datatype, shape, raw, values, parameters or None), offset
 
 

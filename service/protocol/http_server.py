@@ -35,12 +35,23 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protos.wire import BYTES
+from service.dataplane.budget import BudgetFull, ByteBudget
 from service.dataplane.plane import DataPlane
 from service.dataplane.types import InferRequest, InferResponse
-from service.errors import HTTP_STATUS, Cancelled, InvalidInput, PayloadTooLarge, ServeError, clip
+from service.errors import (
+    HTTP_STATUS,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    PayloadTooLarge,
+    ServeError,
+    clip,
+)
 from service.protocol import http_codec as codec
 from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
+from service.protocol.http_headers import BoundedHttpToolsProtocol
 from service.protocol.security import Restriction
 from service.serving.model_names import check_model_name
 from service.telemetry.stats import HTTP, REQUEST_PROTOCOL
@@ -52,6 +63,9 @@ JSON_INLINE_BYTES = 1 << 18  # larger JSON headers are parsed off the event loop
 # --max-message-bytes allows inference.
 CONTROL_BODY_BYTES = 64 * 1024
 MESSAGE_LIMIT = "--max-message-bytes"
+JSON_LIMIT = "--max-json-bytes"
+BODY_TIMEOUT = "--body-timeout"
+RESERVATION = "cnnserve.body_reservation"  # ASGI scope key: the request's BodyReservation
 CONTROL_LIMIT = "the limit of repository control requests"
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # Content-Encoding -> zlib wbits
 MAX_INFLATE_RATIO = 256  # bytes a compressed body may inflate to per byte received...
@@ -66,9 +80,41 @@ class UnsupportedEncoding(InvalidInput):
     http_status = 415
 
 
-def error_response(code: int, message: str, close: bool = False) -> Response:
-    headers = {"connection": "close"} if close else None
-    return Response(codec.dumps({"error": message}), code, headers, media_type=codec.JSON_TYPE)
+class BodyTimeout(DeadlineExceeded):
+    """The client stopped sending its request body (408; the connection is dropped)."""
+
+    http_status = 408
+
+
+class BodyReservation:
+    """The bytes one request's body holds, reserved against the server's budget before they are read
+    and released when the request ends (:func:`_endpoint`)."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+
+    def grow_to(self, nbytes: int, what: str) -> None:
+        if nbytes > self.bytes:
+            self.bytes += self.budget.reserve(nbytes - self.bytes, what)
+
+    def shrink_by(self, nbytes: int) -> None:
+        nbytes = min(nbytes, self.bytes)
+        self.budget.release(nbytes)
+        self.bytes -= nbytes
+
+    def release(self) -> None:
+        self.budget.release(self.bytes)
+        self.bytes = 0
+
+
+def error_response(
+    code: int, message: str, close: bool = False, headers: dict[str, str] | None = None
+) -> Response:
+    headers = dict(headers or {})
+    if close:
+        headers["connection"] = "close"
+    return Response(codec.dumps({"error": message}), code, headers or None, media_type=codec.JSON_TYPE)
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:
@@ -92,10 +138,19 @@ def _endpoint(group: str | None) -> Callable:
                 return await method(self, request)
             except Exception as e:
                 return self.error(e)
+            finally:
+                reservation = request.scope.get(RESERVATION)
+                if reservation is not None:
+                    reservation.release()
 
         return endpoint
 
     return decorate
+
+
+def _digits(value: str | None) -> str | None:
+    """A header's value when it is a decimal count."""
+    return value if value is not None and value.isascii() and value.isdigit() else None
 
 
 def _model(request: Request) -> tuple[str, str]:
@@ -112,12 +167,17 @@ class HttpFrontEnd:
         health: HealthState,
         *,
         max_body_bytes: int,
+        max_json_bytes: int,
+        body_timeout: float,
         restrictions: dict[str, Restriction] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.plane = plane
         self.health = health
         self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_json_bytes
+        self.body_timeout = body_timeout
+        self.budget = plane.budget
         self.restrictions = restrictions or {}
         self.registry = registry
 
@@ -150,8 +210,12 @@ class HttpFrontEnd:
     def error(self, exc: BaseException) -> Response:
         status, message = self.plane.public_status(exc)
         code = exc.http_status if isinstance(exc, ServeError) else HTTP_STATUS[status]
-        # Refused unread (too large), or draining: the client should go elsewhere on a new connection.
-        return error_response(code, message, close=isinstance(exc, PayloadTooLarge) or code == 503)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+        # Refused unread (too large, no room, stalled), or draining: the client should go elsewhere, or
+        # come back, on a new connection.
+        unread = isinstance(exc, PayloadTooLarge | BudgetFull | BodyTimeout)
+        return error_response(code, message, close=unread or code == 503, headers=headers)
 
     async def body(
         self, request: Request, limit: int | None = None, limit_name: str = MESSAGE_LIMIT
@@ -171,32 +235,81 @@ class HttpFrontEnd:
             raise PayloadTooLarge(
                 f"request body of {size} bytes exceeds the server's limit of {limit} bytes ({limit_name})"
             )
+        reservation = request.scope[RESERVATION] = BodyReservation(self.budget)
+        if declared.isascii() and declared.isdigit():
+            reservation.grow_to(int(declared), "the request body's")  # before a byte is read
         chunks, size = [], 0
+        stream = request.stream()
         try:
-            async for chunk in request.stream():
+            while True:
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
                 if chunk:
                     size += len(chunk)
                     if size > limit:
                         raise PayloadTooLarge(
                             f"request body exceeds the server's limit of {limit} bytes ({limit_name})"
                         )
+                    reservation.grow_to(size, "the request body's")  # chunked: as the chunks arrive
                     chunks.append(chunk)
         except ClientDisconnect:
             raise Cancelled("the client went away before it sent the whole request body") from None
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body stalled: nothing arrived for {self.body_timeout:g} s after {size} bytes "
+                f"({BODY_TIMEOUT})"
+            ) from None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding == "identity":
             return body
         if len(body) <= INFLATE_INLINE_BYTES and limit <= INFLATE_INLINE_LIMIT:
-            return inflate(body, encoding, limit, limit_name)
-        return await asyncio.to_thread(inflate, body, encoding, limit, limit_name)
+            plain = inflate(body, encoding, limit, limit_name)
+        else:
+            plain = await asyncio.to_thread(inflate, body, encoding, limit, limit_name)
+        reservation.grow_to(len(body) + len(plain), "the request body's compressed and inflated")
+        return plain
 
     # ------------------------------------------------------------------------------ inference
+
+    def check_json_size(self, size: int | str) -> None:
+        """Refuse (413) a JSON part of ``size`` bytes (a count, or its digits as a header gives them) past
+        --max-json-bytes: parsing it would hold the event loop, and the GIL, longer than a request may."""
+        if isinstance(size, str):
+            size = f"a {len(size)}-digit number of" if len(size) > 18 else int(size)
+        if isinstance(size, str) or size > self.max_json_bytes:
+            raise PayloadTooLarge(
+                f"the request's JSON is {size} bytes, more than the server's limit of {self.max_json_bytes} "
+                f"bytes for JSON ({JSON_LIMIT}); send tensors as binary data (Triton's binary tensor data "
+                "extension: header Inference-Header-Content-Length) or over gRPC"
+            )
+
+    def check_declared_json_size(self, request: Request) -> None:
+        """--max-json-bytes checked before the body is read, from what the headers say: the JSON header's
+        length where the binary extension gives it, else an uncompressed body's Content-Length."""
+        headers = request.headers
+        length = None
+        if headers.get("content-encoding", "identity").strip().lower() == "identity":
+            length = _digits(headers.get("content-length"))
+            if length is not None and (len(length) > 18 or int(length) > self.max_body_bytes):
+                return  # past --max-message-bytes: refused as such by body()
+        declared = headers.get(codec.HEADER_LENGTH)
+        if declared is not None:
+            if length is not None and len(length) <= 18:
+                codec.header_length(declared, int(length))  # a malformed header: 400, unread
+            length = _digits(declared)
+        if length is not None:
+            self.check_json_size(length)
 
     @_endpoint("inference")
     async def infer(self, request: Request) -> Response:
         model, version = _model(request)
+        self.check_declared_json_size(request)
         body = await self.body(request)
         length = codec.header_length(request.headers.get(codec.HEADER_LENGTH), len(body))
+        self.check_json_size(length or len(body))
         if (length or len(body)) > JSON_INLINE_BYTES:
             loop = asyncio.get_running_loop()
             plain, choice = await loop.run_in_executor(
@@ -204,6 +317,11 @@ class HttpFrontEnd:
             )
         else:
             plain, choice = codec.infer_request(model, version, body, length)
+        # Binary numeric tensors are views of the body, which the data plane counts again as the request's
+        # tensors: the body's reservation gives those bytes back rather than count them twice. (Encoded
+        # images are copied out of the body, so their bytes stay counted in both.)
+        shared = sum(len(t.raw) for t in plain.inputs if t.raw is not None and t.datatype != BYTES)
+        request.scope[RESERVATION].shrink_by(shared)
         REQUEST_PROTOCOL.set(HTTP)  # this task's requests count as HTTP in the metrics
         content, header = codec.infer_response(await self._infer_while_connected(request, plain), choice)
         if header is None:
@@ -383,6 +501,7 @@ def uvicorn_config(
     proxy headers, no websockets; TLS (mutual with ``tls_client_ca``). Unreadable TLS files fail here."""
     config = uvicorn.Config(
         app,
+        http=BoundedHttpToolsProtocol,  # header count and size limited (service.protocol.http_headers)
         log_config=None,
         log_level="warning",
         access_log=False,

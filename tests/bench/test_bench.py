@@ -36,6 +36,7 @@ SECTIONS = {
     "client",
     "client-api",
     "export",
+    "export-times",
     "serve-compute",
     "batching",
     "gpu",
@@ -46,6 +47,7 @@ SECTIONS = {
     "health",
     "reload",
     "soak",
+    "hostile",
 }
 
 

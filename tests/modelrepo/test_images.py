@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from modelrepo.preprocess import (
+    DECODE_BUDGET_FACTOR,
     IMAGENET_INPUT,
     ImageDecodeError,
     InputSpec,
+    decode_budget,
     decode_image,
     load_image,
     open_image,
@@ -32,13 +34,13 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int, bits: int = 8) -> bytes:
     """A PNG whose header claims width x height and whose pixel data is a few bytes (a bomb's shape)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
@@ -114,3 +116,39 @@ def test_to_pixels_and_preprocess_image_are_one_path():
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
     expected = (pixels.astype(np.float32) / 255 - 0.5) / 0.5
     np.testing.assert_allclose(preprocess_image(img, RGB), expected.transpose(2, 0, 1), rtol=0, atol=1e-6)
+
+
+def test_the_decode_budget_follows_the_model_input_and_never_passes_the_pixel_cap():
+    assert decode_budget(GREY, 25_000_000) == DECODE_BUDGET_FACTOR * 32 * 32
+    assert decode_budget(IMAGENET_INPUT, 25_000_000) == DECODE_BUDGET_FACTOR * 224 * 224
+    assert decode_budget(IMAGENET_INPUT, 1000) == 1000
+
+
+def test_an_image_past_the_budget_is_refused_from_its_header():
+    header_only = png_header_only(5000, 5000, bits=16)  # its pixel data would fail to decode: refused unread
+    expected = (
+        "PNG image of 5000x5000 pixels exceeds the limit of 16384 pixels decoded for this model's 32x32"
+    )
+    with pytest.raises(ImageDecodeError, match=expected):
+        decode_image(header_only, GREY, ("PNG",), 25_000_000)
+    png = encode(Image.new("L", (200, 200)), "PNG")
+    with pytest.raises(ImageDecodeError, match="200x200 pixels exceeds the limit of 16384"):
+        preprocess_bytes(png, GREY, ("PNG",), 25_000_000)
+    assert preprocess_bytes(png, IMAGENET_INPUT, ("PNG",), 25_000_000).shape == (3, 224, 224)
+    assert preprocess_bytes(png, GREY).shape == (1, 32, 32)  # training: no budget
+
+
+def test_jpegs_count_against_the_budget_at_their_reduced_size():
+    fits = encode(Image.new("L", (1024, 1024)), "JPEG")  # decoded at 1/8: 128x128 = the budget
+    assert preprocess_bytes(fits, GREY, ("JPEG",), 25_000_000).shape == (1, 32, 32)
+    too_large = encode(Image.new("L", (2048, 2048)), "JPEG")
+    with pytest.raises(ImageDecodeError, match=r"2048x2048 pixels \(decoded at 256x256\) exceeds the limit"):
+        preprocess_bytes(too_large, GREY, ("JPEG",), 25_000_000)
+
+
+def test_pixel_modes_are_checked_before_decoding():
+    small16 = encode(Image.fromarray(np.full((64, 64), 65535, dtype=np.uint16)), "PNG")
+    assert np.asarray(decode_image(small16, GREY, ("PNG",), 25_000_000)).max() == 255  # within budget: scaled
+    floats = encode(Image.fromarray(np.zeros((8, 8), dtype=np.float32)), "TIFF")
+    with pytest.raises(ImageDecodeError, match=r"TIFF image has 'F' pixels \(32-bit\)"):
+        decode_image(floats, GREY, ("TIFF",), 25_000_000)

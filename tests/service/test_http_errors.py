@@ -140,7 +140,7 @@ HOSTILE = [
         {"inputs": [tensor(data=[0.0] * 10)]},
         {},
         400,
-        "input 'input': holds 10 elements, expected 1024 for shape [1, 1, 32, 32]",
+        "input 'input': 'data' holds 10 elements but shape [1, 1, 32, 32] has 1024",
     ),
     (
         "parameter of an object",

@@ -15,8 +15,9 @@ def test_defaults_match_the_contract():
     assert (s.repo, s.host, s.grpc_port, s.metrics_port) == (Path("model_repository"), "0.0.0.0", 8001, 8002)
     assert (s.model_control_mode, s.load_model, s.poll_interval, s.grace_period) == ("none", (), 5.0, 30.0)
     assert (s.max_message_bytes, s.device, s.log_level) == (67108864, "auto", "info")
-    assert (s.health_port, s.max_inflight, s.max_inflight_bytes) == (8003, 1024, 1 << 30)
+    assert (s.health_port, s.max_inflight, s.max_inflight_bytes) == (8003, 1024, 256 << 20)
     assert (s.max_image_pixels, s.tls_cert, s.restricted_protocol) == (25_000_000, None, ())
+    assert (s.max_json_bytes, s.body_timeout) == (1 << 20, 30.0)
 
 
 def test_tls_and_restriction_settings(tmp_path):
@@ -52,12 +53,14 @@ def test_env_names_match_the_contract():
         "poll_interval": "SERVE_POLL_INTERVAL_SECONDS",
         "grace_period": "SERVE_GRACE_PERIOD_SECONDS",
         "max_message_bytes": "SERVE_MAX_MESSAGE_BYTES",
+        "max_json_bytes": "SERVE_MAX_JSON_BYTES",
         "device": "SERVE_DEVICE",
         "backend": "SERVE_BACKEND",
         "log_level": "SERVE_LOG_LEVEL",
         "health_port": "SERVE_HEALTH_PORT",
         "max_inflight": "SERVE_MAX_INFLIGHT",
         "max_inflight_bytes": "SERVE_MAX_INFLIGHT_BYTES",
+        "body_timeout": "SERVE_BODY_TIMEOUT_SECONDS",
         "max_image_pixels": "SERVE_MAX_IMAGE_PIXELS",
         "tls_cert": "SERVE_TLS_CERT",
         "tls_key": "SERVE_TLS_KEY",
@@ -99,6 +102,8 @@ def test_env_then_flags():
         (["--backend", "triton"], {}, "SERVE_BACKEND must be one of auto, onnxruntime, torch, tensorrt"),
         (["--poll-interval", "0"], {}, "must be > 0 seconds"),
         (["--max-message-bytes", "10"], {}, "at least 1024 bytes"),
+        (["--body-timeout", "0"], {}, "--body-timeout / SERVE_BODY_TIMEOUT_SECONDS must be > 0 seconds"),
+        ([], {"SERVE_MAX_JSON_BYTES": "0"}, "--max-json-bytes / SERVE_MAX_JSON_BYTES must be >= 1"),
         (["--repo-wait"], {}, "--repo-wait / SERVE_REPO_WAIT needs --model-control-mode"),
     ],
 )
