@@ -275,11 +275,15 @@ def test_a_bad_image_in_a_batch_is_named_and_fails_only_its_request(raw_infer, s
 
 
 def test_a_large_image_under_the_cap_is_decoded(raw_infer, shared_server, reference):
-    """9 Mpx of zeros compress to a few kB: allowed (under the cap), decoded, and answered right."""
-    data = zeros_png(3000)
-    assert len(data) < 100_000
-    code, details, response = raw_infer(image_request(data))
+    """The largest PNG the model's decode budget allows (16 times its 32x32 input: 128x128) is decoded and
+    answered right; 9 Mpx of zeros, a few kB on the wire, are refused from the header (a PNG has no
+    reduced-size decoding), naming the limit."""
+    code, details, response = raw_infer(image_request(zeros_png(128)))
     assert code == grpc.StatusCode.OK, details
+    big = zeros_png(3000)
+    assert len(big) < 100_000
+    refused, message, _ = raw_infer(image_request(big))
+    assert refused == grpc.StatusCode.INVALID_ARGUMENT and "exceeds the limit of 16384 pixels" in message
     np.testing.assert_allclose(
         logits_of(response), expected(reference, np.zeros((32, 32), np.uint8)), rtol=1e-4, atol=1e-5
     )
