@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from export import calibration as cal
 from export.checks import EVAL_BATCH_SIZE, Reference, check_int8_drop, check_outputs, eval_source
@@ -190,7 +191,10 @@ class _Precision:
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
+def _check_onnx(
+    run: _Run, precision: str, path: Path, tolerance: Tolerance | None
+) -> tuple[dict[str, Any], ort.InferenceSession]:
+    """The validation record of the ONNX model at ``path``, and the session that computed it."""
     parity, evaluation = run.reference.parity_inputs, run.reference.eval.inputs
     batches = range(0, len(evaluation), EVAL_BATCH_SIZE)
     with run.stage(
@@ -208,15 +212,17 @@ def _check_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | No
         eval_out = np.concatenate(eval_outs)
         result = check_outputs(run.reference, outs, eval_out, tolerance, f"{precision} ONNX ({path.name})")
     result["runtime"] = "onnxruntime CPUExecutionProvider"
-    return result
+    return result, session
 
 
-def _probe_onnx(run: _Run, precision: str, path: Path, tolerance: Tolerance | None) -> dict[str, Any]:
+def _probe_onnx(
+    run: _Run, precision: str, path: Path, session: ort.InferenceSession, tolerance: Tolerance | None
+) -> dict[str, Any]:
     """Run the served ONNX model on the probe inputs and record what the server must see at load: PyTorch's
     outputs within the precision's tolerance, or for int8 the exact evaluation of its Q/DQ graph (checked
     here, where onnxruntime's int8 kernels may compute otherwise)."""
     probe = run.probe
-    outputs = run_session(ort_session(path), probe.inputs, len(probe.inputs))
+    outputs = run_session(session, probe.inputs, len(probe.inputs))
     if tolerance is not None:
         record = probe.check(f"{precision} ONNX ({path.name})", outputs, _tolerance(tolerance))
         probe.expect(
@@ -331,7 +337,7 @@ def _int8_plan_source(run: _Run, onnx: Path) -> tuple[Path, dict[str, Any]]:
     source = run.writer.staging / "int8_symmetric_qdq_fp16.onnx"
     with run.stage("convert the symmetric int8 model's float layers to fp16"):
         record["source_conversion"] = convert_qdq_fp16(symmetric, source)
-    record["source_validation"] = _check_onnx(run, "int8 (fp16 float layers)", source, None)
+    record["source_validation"] = _check_onnx(run, "int8 (fp16 float layers)", source, None)[0]
     return source, record
 
 
@@ -379,8 +385,9 @@ def _export_precision(run: _Run, precision: _Precision) -> None:
     run.current = precision.name
     onnx = run.onnx_path(precision.name)
     conversion = precision.convert(run, onnx)
-    validation = {**_check_onnx(run, precision.name, onnx, precision.tolerance), **conversion.validation}
-    validation.update(_probe_onnx(run, precision.name, onnx, precision.tolerance))
+    checked, session = _check_onnx(run, precision.name, onnx, precision.tolerance)
+    validation = {**checked, **conversion.validation}
+    validation.update(_probe_onnx(run, precision.name, onnx, session, precision.tolerance))
     if precision.name == "int8":
         weights_trained = run.loaded.weights.get("source") != "random"
         check_int8_drop(validation, run.options.max_int8_drop if weights_trained else None)
@@ -420,8 +427,8 @@ def _export_fp32(run: _Run) -> None:
         )
         inputs = _probe_inputs(ev.inputs)
         run.probe = _Probe(inputs, torch_logits(loaded.model, inputs, len(inputs)), ev.source)
-    validation = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
-    validation.update(_probe_onnx(run, "fp32", path, FP32_TOLERANCE))
+    validation, session = _check_onnx(run, "fp32", path, FP32_TOLERANCE)
+    validation.update(_probe_onnx(run, "fp32", path, session, FP32_TOLERANCE))
     validation["onnx"] = {"opset": exported.opset, "external_data": exported.external_data}
     programs = [_torch_program(run, "fp32", FP32_TOLERANCE)] if options.torch else []
     _finish(run, "fp32", validation, programs=programs)
