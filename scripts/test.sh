@@ -14,4 +14,11 @@ for arg in "$@"; do
   fi
 done
 bash scripts/setup.sh
+# The full run's exports peak at a few GB under the temp folder; say so before a full disk shows up as
+# protobuf DecodeErrors in the middle of the run.
+tmp="${TMPDIR:-/tmp}"
+free_kb=$(df -Pk "$tmp" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free in $tmp; the full suite writes a few GB of exports there" >&2
+fi
 exec "${VENV:-.venv}/bin/python" -m pytest "${args[@]}"
