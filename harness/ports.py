@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 from contextlib import ExitStack
+from pathlib import Path
+
+TCP_TABLE = Path("/proc/net/tcp")  # Linux's table of IPv4 TCP sockets
+TIME_WAIT = "06"  # its state code for TIME_WAIT
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -19,3 +23,12 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
+
+
+def in_time_wait(port: int) -> bool:
+    """Whether a connection on local port ``port`` (IPv4) is in TIME_WAIT (Linux: read from /proc)."""
+    for line in TCP_TABLE.read_text().splitlines()[1:]:
+        local, _, state = line.split()[1:4]
+        if int(local.rsplit(":", 1)[1], 16) == port and state == TIME_WAIT:
+            return True
+    return False

@@ -196,12 +196,14 @@ def start_server(
 ) -> ServerProcess:
     """``[PREFIX] python -m service --repo REPO ARGS`` on free 127.0.0.1 ports, once health
     ``ready_service`` ("": the server is ready; "liveness": it is up) is SERVING on its health port. The
-    HTTP port is a free one too, unless ARGS give ``--http-port`` (0: off); the metrics port likewise unless
-    ARGS give ``--metrics-port``."""
+    HTTP port is a free one too, unless ARGS give ``--http-port`` (0: off); each other port likewise unless
+    ARGS give it (``--grpc-port``, ``--metrics-port``, ``--health-port``)."""
     for attempt in range(PORT_ATTEMPTS):
-        grpc_port, metrics_port, health_port, spare = free_ports(4)
-        http_port = int(_flag_value(args, "--http-port") or spare)
+        grpc_port, metrics_port, health_port, http_port = free_ports(4)
+        grpc_port = int(_flag_value(args, "--grpc-port") or grpc_port)
+        http_port = int(_flag_value(args, "--http-port") or http_port)
         metrics_port = int(_flag_value(args, "--metrics-port") or metrics_port)
+        health_port = int(_flag_value(args, "--health-port") or health_port)
         cmd = [
             *prefix,
             sys.executable,

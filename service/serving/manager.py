@@ -82,6 +82,7 @@ class ModelManager:
         self._latest: dict[str, ServedVersion] = {}
         self._records: dict[str, ModelRecord] = {}
         self._failed: set[str] = set()  # models that should serve and do not: they keep the server unready
+        self._settling: dict[str, Fingerprint] = {}  # poll: changed folders seen once, loaded when seen again
         self._locks: dict[str, asyncio.Lock] = {}
         self._changes: set[asyncio.Task] = set()
         self._poll_task: asyncio.Task | None = None
@@ -275,6 +276,7 @@ class ModelManager:
             await self._changed(name)
             retired = [v for k, v in old.items() if new.get(k) is not v]
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in retired))
+            self.metrics.forget_retired(name)
             if retired:
                 del old, retired  # the last references: their sessions are freed here
                 await asyncio.to_thread(release_memory)
@@ -295,6 +297,7 @@ class ModelManager:
             await self._changed(name)
             await asyncio.gather(*(v.retire(self.settings.grace_period) for v in versions_.values()))
             record.state, record.reason = UNAVAILABLE, "unloaded"
+            self.metrics.forget_retired(name)
             del versions_  # the last reference: their sessions are freed here
             await asyncio.to_thread(release_memory)
 
@@ -317,8 +320,9 @@ class ModelManager:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:
-        """Load new or changed models, unload removed ones. A repository that is missing or empty while
-        models are loaded is taken for a volume being remounted: the cycle is skipped."""
+        """Load new or changed models once two polls in a row see the same files, unload removed ones. A
+        repository that is missing or empty while models are loaded is taken for a volume being remounted:
+        the cycle is skipped."""
         on_disk = set(await asyncio.to_thread(model_names, self.repo))
         if self._routes and not on_disk:
             state = "empty" if self.repo.is_dir() else "missing"
@@ -335,11 +339,22 @@ class ModelManager:
             await self._changed(name)
         if self.settings.load_model:
             on_disk &= set(self.settings.load_model)
+        for name in set(self._settling) - on_disk:
+            del self._settling[name]
         for name in sorted(on_disk):
             fingerprint = await asyncio.to_thread(Fingerprint.of, self.repo / name)
             record = self._records.get(name)
             if record is not None and record.fingerprint == fingerprint:
+                self._settling.pop(name, None)
                 continue
+            # A folder copied in file by file (cp -r, a sync) changes between polls: load it only once two
+            # polls in a row see the same files, so a half-written model never flips readiness.
+            if self._settling.get(name) != fingerprint:
+                if name not in self._settling:
+                    log.info("repository change in %s: loading once it is unchanged at the next poll", name)
+                self._settling[name] = fingerprint
+                continue
+            del self._settling[name]
             log.info("repository change in %s: (re)loading", name)
             try:
                 await self.load(name)

@@ -48,12 +48,20 @@ class ServerMetrics:
                 self.registry.register(nvml)
 
     def telemetry(self, model: str, version: str, backend: str, precision: str) -> VersionTelemetry:
-        """The telemetry of a label set; a reload of the same version continues its counters."""
+        """The telemetry of a label set; a reload of a version that still serves continues its counters."""
         key = (model, version, backend, precision)
         found = self._versions.get(key)
         if found is None:
             found = self._versions[key] = VersionTelemetry(*key)
         return found
+
+    def forget_retired(self, model: str) -> None:
+        """Drop the series of ``model``'s versions that nothing serves any more (as Triton drops an
+        unloaded model's metrics): versions rolled through in poll mode must not grow the scrape forever.
+        A version loaded again starts its counters from zero, which Prometheus reads as a counter reset."""
+        for key, t in list(self._versions.items()):
+            if key[0] == model and t.owner is None:
+                del self._versions[key]
 
     def versions(self) -> list[VersionTelemetry]:
         return list(self._versions.values())

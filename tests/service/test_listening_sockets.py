@@ -5,28 +5,15 @@ though that connection still waits out TIME_WAIT; and a second server on a port 
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from harness.ports import free_port
+from harness.ports import TCP_TABLE, free_port, in_time_wait
 from service.protocol.http_server import listening_socket
 from service.telemetry.endpoint import serve_endpoint
 
-TCP_TABLE = Path("/proc/net/tcp")
-TIME_WAIT = "06"
-
 pytestmark = pytest.mark.skipif(not TCP_TABLE.exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp")
-
-
-def in_time_wait(port: int) -> bool:
-    """Whether a connection on local port ``port`` (127.0.0.1) is in TIME_WAIT."""
-    for line in TCP_TABLE.read_text().splitlines()[1:]:
-        local, _, state = line.split()[1:4]
-        if int(local.rsplit(":", 1)[1], 16) == port and state == TIME_WAIT:
-            return True
-    return False
 
 
 def closed_by_the_server(port: int, request: bytes) -> bytes:

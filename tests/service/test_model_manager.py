@@ -226,6 +226,8 @@ def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts):
         staging = repo.parent / "staging"
         shutil.copytree(artifacts.lenet5_v2, staging)
         shutil.move(staging, repo / "lenet5" / "2")
+        await m.poll_once()  # seen changed: settles until the next poll sees the same files
+        assert [v.version for v in m.versions_of("lenet5")] == [1]
         await m.poll_once()
         try:
             x = np.zeros((1, 1, 32, 32), np.float32)
@@ -243,6 +245,65 @@ def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts):
     assert new_v1 is old_v1  # untouched version reused, not reloaded
     assert latest == 2
     assert not np.allclose(out1, out2)  # different weights
+
+
+def test_poll_loads_a_folder_only_once_two_polls_see_the_same_files(repo, artifacts):
+    """A version copied in file by file (no atomic move) is not loaded half-written: each poll that sees
+    it changed since the last one waits, and the model serves its old version meanwhile."""
+    config = read_config(repo / "lenet5")
+    config.version_policy.all.SetInParent()
+    write_config(repo / "lenet5", config)
+
+    async def main():
+        m = manager(repo)
+        await m.load("lenet5")
+        seen = []
+        try:
+            target = repo / "lenet5" / "2"
+            target.mkdir()
+            files = sorted(p for p in artifacts.lenet5_v2.iterdir() if p.is_file())
+            for f in files:  # one file per poll: the folder is still being written
+                shutil.copy2(f, target / f.name)
+                await m.poll_once()
+                seen.append([v.version for v in m.versions_of("lenet5")])
+            await m.poll_once()  # unchanged since the last poll: loaded now
+            seen.append([v.version for v in m.versions_of("lenet5")])
+            return seen, m.ready
+        finally:
+            await m.close(timeout=5)
+
+    seen, ready = asyncio.run(main())
+    assert len(seen) >= 3, "the version folder should hold several files"
+    assert seen[:-1] == [[1]] * (len(seen) - 1), seen
+    assert seen[-1] == [1, 2]
+    assert ready
+
+
+def test_unloaded_versions_leave_the_metrics(repo, artifacts):
+    """Rolling versions through must not grow the scrape: a version nothing serves any more has no series."""
+    config = read_config(repo / "lenet5")
+    config.version_policy.latest.num_versions = 1
+    write_config(repo / "lenet5", config)
+
+    async def main():
+        m = manager(repo)
+        labels = lambda: sorted(t.labels[:2] for t in m.metrics.versions())  # noqa: E731
+        seen = []
+        try:
+            await m.load("lenet5")
+            seen.append(labels())
+            shutil.copytree(artifacts.lenet5_v2, repo / "lenet5" / "2")
+            await m.load("lenet5")  # version 2 replaces version 1
+            seen.append(labels())
+            await m.unload("lenet5")
+            seen.append(labels())
+            await m.load("lenet5")
+            seen.append(labels())
+        finally:
+            await m.close(timeout=5)
+        return seen
+
+    assert asyncio.run(main()) == [[("lenet5", "1")], [("lenet5", "2")], [], [("lenet5", "2")]]
 
 
 def test_unknown_and_unsafe_names(repo):

@@ -3,12 +3,14 @@ SERVE_* variables), message size limits, and the healthcheck CLI."""
 
 from __future__ import annotations
 
+import http.client
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -16,7 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from harness.server import ROOT
+from harness.ports import TCP_TABLE, in_time_wait
+from harness.server import ROOT, http_request
 from protos import grpc_service_pb2 as pb
 from protos import health_pb2, health_pb2_grpc
 from protos.wire import add_input
@@ -220,3 +223,41 @@ def test_a_busy_port_is_a_clear_error(server, model_repo):
     assert done.returncode == 1
     assert f"cannot bind gRPC to 127.0.0.1:{port} (port in use?)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not TCP_TABLE.exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp")
+def test_a_restart_right_after_traffic_binds_every_port(tmp_path, server_factory, lenet_copy):
+    """A container restarted in its pod (same network namespace, same ports) binds every port at once,
+    though connections of the process before it still wait out TIME_WAIT: a scrape, and keep-alive HTTP
+    and gRPC connections that the stopping server closed."""
+    repo = tmp_path / "repo"
+    lenet_copy(repo, "lenet5")
+    first = server_factory(repo)
+    ports = {
+        "--grpc-port": first.address,
+        "--health-port": first.health_address,
+        "--http-port": first.http_url,
+        "--metrics-port": first.metrics_url,
+    }
+    ports = {flag: urllib.parse.urlsplit("//" + a.split("//")[-1]).port for flag, a in ports.items()}
+    assert first.metric("cnnserve_model_ready", model="lenet5") == 1  # a scrape: the server closes it
+    keep_alive = http.client.HTTPConnection("127.0.0.1", ports["--http-port"], timeout=10)
+    keep_alive.request("GET", "/v2/health/ready")
+    answer = keep_alive.getresponse()
+    answer.read()  # the connection stays open, idle
+    assert answer.status == 200
+    client = first.client()
+    assert client.infer("lenet5", x()).shape == (1, 10)
+    with grpc.insecure_channel(first.health_address) as channel:
+        assert health(channel, "") == SERVING
+        assert first.terminate() == 0  # with the HTTP and gRPC connections still open
+    keep_alive.close()
+    client.close()
+    waiting = [flag for flag, port in ports.items() if in_time_wait(port)]
+    assert waiting, "the connections the server closed should wait out TIME_WAIT on its side"
+
+    args = [str(a) for flag, port in ports.items() for a in (flag, port)]
+    second = server_factory(repo, *args)  # ready means: every port bound
+    assert second.client().infer("lenet5", x()).shape == (1, 10)
+    assert http_request(second.http_url, "GET", "/v2/health/ready").status == 200
+    assert second.metric("cnnserve_model_ready", model="lenet5") == 1
