@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench.null_core import HEADER_LENGTH, HTTP_STATUS, NullCore, NullError
-from service.protocol.http_server import EmbeddedUvicorn, listening_socket, uvicorn_config
+from service.protocol.http_server import EmbeddedUvicorn, uvicorn_config
+from service.sockets import listening_socket
 
 
 async def http_error(request: Request, error: NullError) -> JSONResponse:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -54,6 +53,7 @@ from service.protocol.health import HealthState
 from service.protocol.http_headers import BoundedHttpToolsProtocol
 from service.protocol.security import Restriction
 from service.serving.model_names import check_model_name
+from service.sockets import listening_socket
 from service.telemetry.stats import HTTP, REQUEST_PROTOCOL
 
 log = logging.getLogger(__name__)
@@ -472,22 +472,6 @@ class EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound and listening before the server starts (a client that connects early waits in the backlog).
-    Made from getaddrinfo's answer, not socket.create_server: asyncio turns Nagle off only on sockets
-    whose proto says TCP, and create_server's say 0, which costs every response a delayed ACK (40 ms)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def uvicorn_config(

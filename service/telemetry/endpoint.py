@@ -1,87 +1,174 @@
-"""The metrics port, on threads of its own: Prometheus ``/metrics``, and for HTTP probes
+"""The metrics port, on a thread and event loop of its own: Prometheus ``/metrics``, and for HTTP probes
 ``/v2/health/live``, ``/v2/health/ready`` and ``/v2/models/{name}/ready`` (200 true, 400 false, as
-Triton's HTTP front end answers), read from the health state without touching the event loop."""
+Triton's HTTP front end answers), read from the health state without touching the serving loop.
+
+An idle connection costs a few kilobytes here, not a thread, and each request must arrive whole within
+:data:`REQUEST_DEADLINE_S` of its first byte being awaited (not per read: a client trickling a byte at a
+time is cut off at the deadline all the same), so slow clients cannot hold the port: at most
+:data:`MAX_CONNECTIONS` at once, each for at most the deadline. HTTP/1.1 is parsed by h11 (the parser
+uvicorn's pure-Python protocol uses); scrapes are built on a small thread pool, so a probe never waits
+behind one.
+"""
 
 from __future__ import annotations
 
-import socket
-import sys
+import asyncio
+import contextlib
+import gzip
 import threading
+import urllib.parse
 from collections.abc import Callable
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+import h11
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from service.sockets import listening_socket
 
 HealthProbe = Callable[[str], bool | None]  # path -> answer (None: not a health path)
 
-# A thread per connection, at most this many at once: past it a new connection is closed at once, so
-# that a flood of idle connections cannot grow the process by a thread each. Kubernetes probes go to
-# the health port, not here; scrapes and HTTP probes retry.
-MAX_CONNECTIONS = 256
-CONNECTION_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped (slowloris)
+MAX_CONNECTIONS = 1024  # past this many open connections, a new one is closed at once
+REQUEST_DEADLINE_S = 10.0  # from awaiting a request (a new connection, or after an answer) to having it
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; these endpoints take no body
+SCRAPE_THREADS = 2
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    # SO_REUSEADDR: a restart binds at once though the last connections wait out TIME_WAIT (else
-    # "Address already in use" for a minute after a scrape). A second server on a port that is still
-    # listening fails all the same on Linux.
-    allow_reuse_address = True
-    # socketserver's listen backlog is 5: past 6 connections arriving at once (scrapes, slow clients, a
-    # flood) the kernel drops the next SYN, and a probe's connection waits a second for its resend.
-    request_queue_size = socket.SOMAXCONN
+class MetricsEndpoint:
+    """The port's server: bound at construction (so a busy port fails in the caller), served on a
+    daemon thread until :meth:`shutdown`."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    def __init__(self, registry: CollectorRegistry, probe: HealthProbe, host: str, port: int) -> None:
+        self.registry = registry
+        self.probe = probe
+        self._socket = listening_socket(host, port)
+        self.server_port = self._socket.getsockname()[1]
+        self._open = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="metrics-endpoint", daemon=True)
+        self._thread.start()
+        self._started.wait()
 
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
+    # ---------------------------------------------------------------- lifecycle
+
+    def _run(self) -> None:
+        pool = ThreadPoolExecutor(SCRAPE_THREADS, thread_name_prefix="metrics-scrape")
+        self._loop.set_default_executor(pool)
+        self._loop.run_until_complete(self._serve())
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEAD_BYTES)
+        self._started.set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    def shutdown(self) -> None:
+        """Stop listening, drop open connections and end the thread."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def server_close(self) -> None:
+        self._socket.close()
+
+    # ---------------------------------------------------------------- requests
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            writer.transport.abort()
             return
+        self._open += 1
         try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread started: nothing else will give the slot back
-            self._slots.release()
-            raise
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (TimeoutError, ConnectionError)):
-            return  # a client that sent nothing in time, or went away: nothing to report
-        super().handle_error(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
+            await self._serve_connection(reader, writer)
+        except (ConnectionError, asyncio.TimeoutError, h11.ProtocolError):
+            pass  # a client that went away, sent too slowly or sent something else than HTTP: dropped
         finally:
-            self._slots.release()
+            self._open -= 1
+            writer.close()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        while True:
+            request = await asyncio.wait_for(_next_request(conn, reader), REQUEST_DEADLINE_S)
+            if request is None:
+                return
+            status, headers, body = await self._answer(request)
+            if request.method == b"HEAD":
+                body = b""
+            headers = [*headers, ("content-length", str(len(body) if request.method != b"HEAD" else 0))]
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+            if body:
+                writer.write(conn.send(h11.Data(data=body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+    async def _answer(self, request: h11.Request) -> tuple[int, list[tuple[str, str]], bytes]:
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, [("allow", "GET, HEAD")], b""
+        target = request.target.decode("latin-1")
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+        answer = self.probe(path)
+        if answer is not None:
+            return (200 if answer else 400), [], b""
+        if path != "/metrics":
+            return 404, [("content-type", "text/plain")], b"not found: the metrics port serves /metrics\n"
+        accept = _header(request, b"accept")
+        encoding = _header(request, b"accept-encoding")
+        body, content_type = await asyncio.get_running_loop().run_in_executor(None, self._scrape, accept)
+        headers = [("content-type", content_type)]
+        if gzip_accepted(encoding):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("content-encoding", "gzip"))
+        return 200, headers, body
+
+    def _scrape(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = CONNECTION_TIMEOUT_S
+async def _next_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+    """The next whole request on the connection (its body, if any, read and ignored within the head's
+    limit); None when the client closed."""
+    request = None
+    received = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            received += len(data)
+            if received > MAX_HEAD_BYTES:
+                raise h11.RemoteProtocolError("request too large for the metrics port")
+            conn.receive_data(data)  # b"": the client closed (ConnectionClosed next, or an error mid-request)
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
 
-    def log_message(self, format: str, *args) -> None:
-        pass
 
-
-def make_app(registry: CollectorRegistry, probe: HealthProbe):
-    metrics = make_wsgi_app(registry)
-
-    def app(environ, start_response):
-        answer = probe(environ.get("PATH_INFO", ""))
-        if answer is None:
-            return metrics(environ, start_response)
-        start_response("200 OK" if answer else "400 Bad Request", [("Content-Length", "0")])
-        return [b""]
-
-    return app
+def _header(request: h11.Request, name: bytes) -> str:
+    return ", ".join(v.decode("latin-1") for k, v in request.headers if k == name)
 
 
 def serve_endpoint(
     registry: CollectorRegistry, probe: HealthProbe, host: str, port: int
-) -> tuple[_Server, int]:
-    """Serve in daemon threads; returns the server (``shutdown()`` stops it) and the bound port."""
-    server = make_server(host, port, make_app(registry, probe), _Server, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="metrics-endpoint", daemon=True).start()
-    return server, server.server_port
+) -> tuple[MetricsEndpoint, int]:
+    """Serve on a thread of its own; returns the server (``shutdown()`` stops it) and the bound port."""
+    endpoint = MetricsEndpoint(registry, probe, host, port)
+    return endpoint, endpoint.server_port

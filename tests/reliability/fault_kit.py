@@ -10,15 +10,14 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from harness.server import ServerProcess, start_server
+from harness.waiting import wait_for  # noqa: F401 (the fault tests import it from here)
 from modelrepo.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from protos import grpc_service_pb2 as pb
 from protos import health_pb2, health_pb2_grpc
@@ -187,19 +186,6 @@ def requests_total(server: ServerProcess, outcome: str, model: str | None = None
         if labels.get("outcome") == outcome and (model is None or labels.get("model") == model):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, period: float = 0.05):
-    """Wait until ``condition()`` is truthy (checked every ``period`` s), at most ``timeout`` s; returns
-    its value, or fails the test naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(period)
 
 
 # ----------------------------------------------------------------------------- servers without root's reach

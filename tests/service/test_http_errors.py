@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
+from harness.waiting import wait_for
 
 INFER = "/v2/models/lenet5/infer"
 HEADER = "Inference-Header-Content-Length"
@@ -337,7 +338,7 @@ def test_full_queue_is_429(server):
             for _ in range(2)
         ]
         model = {"model": "lenet5_tiny_queue"}
-        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 2, "two requests in the queue")
+        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 2, 10, "two requests in the queue")
         answer = server.http("POST", "/v2/models/lenet5_tiny_queue/infer", infer_body())
         assert answer.status == 429, answer.body
         assert (
@@ -359,16 +360,9 @@ def test_a_client_that_disconnects_cancels_its_request(server):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
         head = f"POST /v2/models/lenet5_tiny_queue/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n"
         connection.sendall(head.encode() + body)
-        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 1, "the request in the queue")
-    wait_for(lambda: server.metric("cnnserve_requests_total", **cancelled) == before + 1, "the cancellation")
+        wait_for(lambda: server.metric("cnnserve_queue_depth", **model) == 1, 10, "the request in the queue")
+    cancellations = lambda: server.metric("cnnserve_requests_total", **cancelled)  # noqa: E731
+    wait_for(lambda: cancellations() == before + 1, 10, "the cancellation")
     assert server.metric("cnnserve_queue_depth", **model) == 0
     after = server.http("GET", "/v2/models/lenet5_tiny_queue/stats").json()["model_stats"][0]
     assert after["execution_count"] == executions["execution_count"]  # nothing was computed
-
-
-def wait_for(condition, what: str, timeout: float = 10.0) -> None:
-    """Poll a server-side state (no event to wait on) until true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)

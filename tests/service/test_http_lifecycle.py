@@ -8,25 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from harness.server import ROOT, free_port
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.process
 
 ROW = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` (a server-side state with no event to wait on) until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
@@ -38,10 +29,11 @@ def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
         in_flight = [pool.submit(server.http, "POST", infer, {"inputs": [ROW]}) for _ in range(3)]
         wait_for(
             lambda: server.metric("cnnserve_queue_depth", model="lenet5_slow") == 3,
-            what="three requests in the batcher queue",
+            20,
+            "three requests in the batcher queue",
         )
         server.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: server.http("GET", "/v2/health/ready").status == 400, what="readiness to turn false")
+        wait_for(lambda: server.http("GET", "/v2/health/ready").status == 400, 20, "readiness to turn false")
         assert server.proc.poll() is None, "the server must wait for its queued requests"
         assert server.http("GET", "/v2/health/live").status == 200  # live while draining
         assert server.http("GET", "/v2/models/lenet5_slow/ready").status == 400
