@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from bench import BenchContext, SectionResult, register_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lenet5"
+RESNET = "resnet18"  # the 10x overload: a real ResNet-18 (random weights), batches of 8 at most
 INFER = f"/v2/models/{MODEL}/infer"
 BODY_TIMEOUT_S = 5  # --body-timeout for the run: the slow clients' bodies are dropped after this
 SAMPLE_PERIOD_S = 0.05  # loop lag and RSS sampled this often during a case
@@ -147,7 +149,7 @@ def case_zero_shape(server) -> Callable[[], str]:
     return call
 
 
-def _case_slow_bodies(server, clients: int = 5, declared: int = 64 << 20, sent: int = 60 << 20) -> str:
+def _case_slow_bodies(server, clients: int = 20, declared: int = 64 << 20, sent: int = 60 << 20) -> str:
     """``clients`` connections each declare ``declared`` bytes, send ``sent`` and pause."""
     port = int(server.http_url.rsplit(":", 1)[1])
     # a JSON header of 100 bytes, the rest binary: past --max-json-bytes otherwise, refused from its headers
@@ -201,24 +203,58 @@ def case_png16(server) -> Callable[[], str]:
     return lambda: send(server, INFER, body, headers)
 
 
-def _case_concurrent(server, requests: int = 600) -> str:
+async def _flood(url: str, model: str, shape: list[int], requests: int) -> list[str]:
+    """``requests`` binary FP32 infer requests of ``shape`` to ``model``, all at once, each on a connection
+    of its own; their status codes (or the client error's name)."""
     import httpx
 
-    body, headers = binary_infer("FP32", [1, 1, 32, 32], bytes(4096), "input")
+    blob = bytes(4 * math.prod(shape))
+    body, headers = binary_infer("FP32", shape, blob, "input")
+    limits = httpx.Limits(max_connections=requests, max_keepalive_connections=requests)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=CASE_TIMEOUT_S) as http:
 
-    async def main() -> list[str]:
-        limits = httpx.Limits(max_connections=requests, max_keepalive_connections=requests)
-        async with httpx.AsyncClient(base_url=server.http_url, limits=limits, timeout=CASE_TIMEOUT_S) as http:
+        async def one() -> str:
+            try:
+                answer = await http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+                return str(answer.status_code)
+            except httpx.HTTPError as e:
+                return type(e).__name__
 
-            async def one() -> str:
-                try:
-                    return str((await http.post(INFER, content=body, headers=headers)).status_code)
-                except httpx.HTTPError as e:
-                    return type(e).__name__
+        return await asyncio.gather(*(one() for _ in range(requests)))
 
-            return await asyncio.gather(*(one() for _ in range(requests)))
 
-    return _counts(asyncio.run(main()))
+def flooding(model: str, shape: list[int], requests: int = 600) -> Callable[[object], Callable[[], str]]:
+    """The case: ``python -m bench.hostile flood`` in a process of its own at the load generator's lower
+    priority (real clients run on other machines; here they share the server's two cores)."""
+
+    def prepare(server) -> Callable[[], str]:
+        def call() -> str:
+            from bench.health import LOAD_NICE, niced
+
+            command = [sys.executable, "-m", "bench.hostile", "flood", "--url", server.http_url]
+            command += ["--model", model, "--shape", ",".join(map(str, shape)), "--requests", str(requests)]
+            done = subprocess.run(
+                command,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=CASE_TIMEOUT_S + 60,
+                preexec_fn=niced(LOAD_NICE),
+            )
+            if done.returncode != 0:
+                return f"flood failed: {done.stderr.strip().splitlines()[-1:]}"
+            return _counts(json.loads(done.stdout))
+
+        return call
+
+    return prepare
+
+
+def case_largest_json(server) -> Callable[[], str]:
+    """The largest JSON body --max-json-bytes allows (1 MiB), its batch past the model's maximum."""
+    body = json_infer_body(size=(1 << 20) // 5)  # "0.0," is 4 bytes a value: about 1 MiB of JSON
+    assert len(body) <= 1 << 20, len(body)
+    return lambda: send(server, INFER, body, {"content-type": "application/json"})
 
 
 def prepared(case: Callable[..., str]) -> Callable[[object], Callable[[], str]]:
@@ -237,12 +273,14 @@ def _counts(statuses: list[str]) -> str:
 CASES: list[tuple[str, Callable]] = [
     ("gzip bomb (32 KB inflating to 32 MiB) to the index", case_gzip_bomb),
     ("30 MiB JSON infer body", case_json_body),
+    ("largest JSON body allowed (1 MiB), batch past the maximum", case_largest_json),
     ("8M-zero shape over gRPC", case_zero_shape),
-    ("5 slow clients, 60 of 64 MiB each", prepared(_case_slow_bodies)),
+    ("20 slow clients, 60 of 64 MiB each", prepared(_case_slow_bodies)),
     ("1 MiB header", prepared(_case_big_header)),
     ("typo'd load, explicit mode", prepared(_case_typo_load)),
     ("16-bit 5000x5000 PNG, 32x32 model", case_png16),
-    ("600 concurrent LeNet HTTP requests", prepared(_case_concurrent)),
+    ("600 concurrent LeNet HTTP requests", flooding(MODEL, [1, 1, 32, 32])),
+    ("600 concurrent ResNet-18 HTTP requests (10x overload)", flooding(RESNET, [1, 3, 224, 224])),
 ]
 
 
@@ -333,15 +371,24 @@ def worst_probe(samples: list[list], window: list[float]) -> float | None:
 # ------------------------------------------------------------------------------------ the section
 
 
-def _repository(work: Path) -> Path:
+def _repository(ctx: BenchContext) -> Path:
+    from bench.serving import repository
     from harness.repository import add_model, faulty_onnx
+    from models import get_labels, get_model_entry
     from models.lenet import DIGIT_LABELS, DIGITS_INPUT
 
+    work = ctx.work_dir
     repo = work / "repo-hostile"
     if not (repo / MODEL).is_dir():
         artifact = work / "hostile-lenet5.onnx"
         faulty_onnx(artifact, DIGITS_INPUT)
         add_model(repo, MODEL, artifact, spec=DIGITS_INPUT, labels=DIGIT_LABELS)
+    if not (repo / RESNET).is_dir():
+        repository(ctx, [RESNET])  # exports resnet18 once per benchmark run
+        spec = get_model_entry(RESNET).input_spec
+        artifact = work / "onnx" / f"{RESNET}.onnx"
+        labels = get_labels(RESNET)
+        add_model(repo, RESNET, artifact, spec=spec, labels=labels, source_model=RESNET, max_batch_size=8)
     return repo
 
 
@@ -353,12 +400,14 @@ def _cell(seconds: float | None, scale: float = 1e3) -> str:
     "hostile", "issue 18's triggers against the real server: status, time, loop lag, RSS, probes"
 )
 def run(ctx: BenchContext) -> SectionResult:
+    from bench.health import PROBER_NICE, niced
     from harness.server import start_server
 
     work = ctx.work_dir / "hostile"
     work.mkdir(parents=True, exist_ok=True)
-    repo = _repository(ctx.work_dir)
-    flags = ["--model-control-mode", "explicit", "--load-model", MODEL, "--body-timeout", str(BODY_TIMEOUT_S)]
+    repo = _repository(ctx)
+    flags = ["--model-control-mode", "explicit", "--load-model", MODEL, "--load-model", RESNET]
+    flags += ["--body-timeout", str(BODY_TIMEOUT_S)]
     server = start_server(repo, work, *flags)
     probes = work / "probes.jsonl"
     prober = subprocess.Popen(
@@ -377,6 +426,7 @@ def run(ctx: BenchContext) -> SectionResult:
             str(probes),
         ],
         cwd=ROOT,
+        preexec_fn=niced(PROBER_NICE),  # the kubelet has CPU reserved; the flood runs at LOAD_NICE
     )
     results = {}
     try:
@@ -420,8 +470,17 @@ def main(argv: list[str] | None = None) -> int:
     prober.add_argument("--duration", type=float, default=60.0, help="seconds at most")
     prober.add_argument("--period", type=float, default=PROBE_PERIOD_S, help="seconds between probes")
     prober.add_argument("--out", type=Path, required=True)
+    flood = commands.add_parser("flood", help="send many infer requests at once; print their statuses")
+    flood.add_argument("--url", required=True)
+    flood.add_argument("--model", required=True)
+    flood.add_argument("--shape", required=True, help="comma-separated, batch first")
+    flood.add_argument("--requests", type=int, default=600)
     args = parser.parse_args(argv)
-    probe(args.url, args.duration, args.period, args.out)
+    if args.command == "probe":
+        probe(args.url, args.duration, args.period, args.out)
+    else:
+        shape = [int(d) for d in args.shape.split(",")]
+        print(json.dumps(asyncio.run(_flood(args.url, args.model, shape, args.requests))))
     return 0
 
 

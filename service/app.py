@@ -20,6 +20,7 @@ from service.cpus import cpu_budget
 from service.dataplane.plane import DataPlane, Limits
 from service.protocol.grpc_server import address_of, build_server
 from service.protocol.health import RESERVED_NAMES, HealthServer, HealthState, heartbeat, http_probe
+from service.protocol.http_admission import Admission
 from service.protocol.security import grpc_server_credentials, parse_restrictions
 from service.serving import ModelManager
 from service.settings import Settings, SettingsError
@@ -150,7 +151,7 @@ class Server:
         /metrics)."""
         from service.protocol.http_server import HttpFrontEnd
 
-        return HttpFrontEnd(
+        app = HttpFrontEnd(
             self.plane,
             self.health,
             max_body_bytes=self.settings.max_message_bytes,
@@ -159,6 +160,12 @@ class Server:
             restrictions=self.restrictions,
             registry=self.metrics.registry if with_metrics else None,
         ).app()
+        return Admission(
+            app,
+            self.health,
+            self.settings.max_active_http_requests,
+            probes_restricted="health" in self.restrictions,
+        )
 
     async def load_startup_models(self) -> None:
         """Load the startup models and report ready (or why not)."""

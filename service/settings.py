@@ -56,6 +56,9 @@ class Settings:
     # checked tensors of every inference request. 256 MiB leaves a 2 GiB pod room for models and batches.
     max_inflight_bytes: int = 256 << 20
     body_timeout: float = 30.0  # seconds an HTTP request body may stall between chunks before it is dropped
+    # HTTP requests worked on at once (routed, read, inferred, answered); more wait unread in their
+    # connections, so a burst cannot hold the event loop (service.protocol.http_admission). 0: no limit.
+    max_active_http_requests: int = 128
     max_image_pixels: int = 25_000_000  # per encoded image, checked from its header before decoding
     tls_cert: Path | None = None  # PEM server certificate (chain): TLS on the gRPC and HTTP ports
     tls_key: Path | None = None  # PEM private key of tls_cert
@@ -84,6 +87,11 @@ class Settings:
         for name in ("max_inflight", "max_inflight_bytes", "max_image_pixels", "max_json_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_describe(name)} must be >= 1, got {getattr(self, name)}")
+        if self.max_active_http_requests < 0:
+            raise SettingsError(
+                f"{_describe('max_active_http_requests')} must be >= 0 (0: no limit), "
+                f"got {self.max_active_http_requests}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError(f"{_describe('tls_cert')} and {_describe('tls_key')} go together")
         if self.repo_wait and self.model_control_mode == "none":
@@ -189,6 +197,13 @@ OPTIONS: dict[str, _Option] = {
         "SERVE_BODY_TIMEOUT_SECONDS",
         float,
         "seconds an HTTP request body may stall between chunks before it is dropped (408)",
+    ),
+    "max_active_http_requests": _Option(
+        "--max-active-http-requests",
+        "SERVE_MAX_ACTIVE_HTTP_REQUESTS",
+        int,
+        "HTTP requests worked on at once; more wait unread in their connections, health probes never "
+        "(0: no limit)",
     ),
     "max_image_pixels": _Option(
         "--max-image-pixels", "SERVE_MAX_IMAGE_PIXELS", int, "largest image (width x height) decoded"

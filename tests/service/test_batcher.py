@@ -325,18 +325,25 @@ def test_cancelled_request_leaves_the_queue():
 
 
 def test_instances_run_in_parallel_threads():
+    """Each instance's call waits at a barrier for the other's: run one after the other, the first would
+    wait in vain (the barrier breaks after 10 s and the batch fails)."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Meeting(Recorder):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            barrier.wait()
+            return super().__call__(batch)
+
     async def main():
-        instance = Recorder(delay=0.2)
+        instance = Meeting()
         batcher = DynamicBatcher("m", [instance, instance], policy(max_batch_size=1))
         batcher.start()
-        started = time.monotonic()
-        await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(1)))
-        elapsed = time.monotonic() - started
+        answers = await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(1)))
         await batcher.close()
-        return elapsed, instance.threads
+        return answers, instance.threads
 
-    elapsed, threads = run(main())
-    assert elapsed < 0.35  # two 0.2 s batches side by side
+    answers, threads = run(main())
+    assert [a.tolist() for a in answers] == [[[10.0, 10.0]]] * 2
     assert len(threads) == 2
 
 

@@ -61,6 +61,7 @@ def test_env_names_match_the_contract():
         "max_inflight": "SERVE_MAX_INFLIGHT",
         "max_inflight_bytes": "SERVE_MAX_INFLIGHT_BYTES",
         "body_timeout": "SERVE_BODY_TIMEOUT_SECONDS",
+        "max_active_http_requests": "SERVE_MAX_ACTIVE_HTTP_REQUESTS",
         "max_image_pixels": "SERVE_MAX_IMAGE_PIXELS",
         "tls_cert": "SERVE_TLS_CERT",
         "tls_key": "SERVE_TLS_KEY",
