@@ -3,8 +3,8 @@ rolled in and old ones removed from disk while clients call (no failed request, 
 version it names), load/unload cycles with cancelled calls among them (the other models unaffected, the
 end state consistent), and unloading that gives the model's memory back.
 
-tests/service/test_server_lifecycle.py has the plain cases (three queued requests drained, one version
-picked up by poll, explicit load and unload once); these put them under traffic and repeat them.
+tests/service/test_server_lifecycle.py has the plain cases (one version picked up by poll, explicit load
+and unload once); these put them under traffic and repeat them. The drain is tested here only.
 """
 
 from __future__ import annotations
@@ -108,13 +108,16 @@ class Traffic:
 def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(
     lenet5_dir, servers, tmp_path, reference
 ):
-    """Requests accepted before SIGTERM are all answered; requests sent while the server drains are
-    refused with UNAVAILABLE. A call that reaches the server in the instant its transport closes (after
-    the last accepted request is answered) is cancelled by gRPC itself: CANCELLED, which this test allows
-    at that moment only (readiness turned off long before: a load balancer has stopped sending)."""
+    """The drain, over both front ends: requests accepted before SIGTERM (gRPC and HTTP) are all answered
+    and the server exits 0; while it drains, readiness is off on every health surface (the health port,
+    the metrics port, the main ports' own health RPCs and paths, each model's) and liveness on, and new
+    requests are refused: gRPC UNAVAILABLE, HTTP 503 with ``Connection: close``. A call that reaches the
+    server in the instant its transport closes (after the last accepted request is answered) is
+    cancelled by gRPC itself: CANCELLED, which this test allows at that moment only (readiness turned off
+    long before: a load balancer has stopped sending)."""
     repo = tmp_path / "repo"
     copy_entry(lenet5_dir, repo, MODEL)
-    held = 24  # requests queued in `slow` (it waits 4 s for company) when SIGTERM arrives
+    held, held_http = 24, 3  # requests queued in `slow` (it waits 4 s for company) when SIGTERM arrives
     copy_entry(
         lenet5_dir,
         repo,
@@ -126,32 +129,60 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(
     server = servers(repo, "--grace-period", "20")
     client = server.client(timeout=30)
     inputs = [x(1, seed) for seed in range(held)]
+    infer_http = "/v2/models/slow/infer"
+    row = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": x(1, 99).ravel().tolist()}
     answered: list[float] = []
-    with Traffic(server.address, MODEL, 3, lambda _: reference) as traffic, ThreadPoolExecutor(held) as pool:
+    with (
+        Traffic(server.address, MODEL, 3, lambda _: reference) as traffic,
+        ThreadPoolExecutor(held + held_http) as pool,
+    ):
         wait_for(lambda: len(traffic.records) > 20, 30, "traffic to flow")
         queued = [pool.submit(client.infer, "slow", data) for data in inputs]
+        queued_http = [
+            pool.submit(server.http, "POST", infer_http, {"inputs": [row]}) for _ in range(held_http)
+        ]
         for future in queued:
             future.add_done_callback(lambda _: answered.append(time.monotonic()))
-        gauge = f'cnnserve_inflight_requests{{model="slow",version="1"}} {float(held)}'
-        wait_for(lambda: gauge in metrics_text(server), 30, f"{held} requests in flight")
+        gauge = f'cnnserve_inflight_requests{{model="slow",version="1"}} {float(held + held_http)}'
+        wait_for(lambda: gauge in metrics_text(server), 30, f"{held + held_http} requests in flight")
         server.proc.send_signal(signal.SIGTERM)
         # draining: readiness off everywhere, liveness on, new requests refused
         wait_for(
             lambda: health_status(server.health_address, "") == "NOT_SERVING", 10, "readiness to turn off"
         )
+        for service in ("inference.GRPCInferenceService", "slow"):
+            assert health_status(server.health_address, service) == "NOT_SERVING", service
         assert health_status(server.health_address, "liveness") == "SERVING"
         assert http_status(health_url(server, "/v2/health/ready")) == 400
         assert http_status(health_url(server, "/v2/health/live")) == 200
-        assert not any(f.done() for f in queued), "the queued requests ran before the drain"
+        assert client.live() and not client.ready()  # the gRPC port's own health RPCs
+        for path, status in (
+            ("/v2/health/ready", 400),
+            ("/v2/health/live", 200),
+            ("/v2/models/slow/ready", 400),
+        ):
+            assert server.http("GET", path).status == status, path  # the HTTP port's
+        refused = server.http("POST", infer_http, {"inputs": [row]})
+        assert refused.status == 503 and "server is shutting down" in refused.json()["error"]
+        assert refused.headers["connection"] == "close"  # go elsewhere
+        try:
+            client.infer("slow", inputs[0])
+            raise AssertionError("a request sent while draining was served")
+        except InferenceServerError as e:
+            assert e.code == UNAVAILABLE and "server is shutting down" in e.details, e
+        assert not any(f.done() for f in queued + queued_http), "the queued requests ran before the drain"
         answers = [f.result(timeout=30) for f in queued]
+        answers_http = [f.result(timeout=30) for f in queued_http]
         assert server.proc.wait(timeout=30) == 0
     for data, got in zip(inputs, answers, strict=True):
         np.testing.assert_allclose(got, reference(data), rtol=1e-4, atol=1e-5)
+    assert [(a.status, a.json()["outputs"][0]["shape"]) for a in answers_http] == [(200, [1, 10])] * held_http
     assert not traffic.wrong and UNAVAILABLE in traffic.codes()
     others = [r for r in traffic.records if r[1] not in (OK, UNAVAILABLE)]
     assert all(code == CANCELLED and t >= min(answered) for t, code, _ in others), others[:5]
     refused = [details for _, code, details in traffic.records if code == UNAVAILABLE]
     assert all("shutting down" in d or "connect" in d.lower() or "closed" in d for d in refused), refused[:3]
+    assert "shutting down: draining" in server.log() and "Traceback" not in server.log()
 
 
 # --------------------------------------------------------------------------------------- version roll

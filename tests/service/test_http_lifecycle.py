@@ -1,53 +1,20 @@
-"""The HTTP port over a server's life, with servers of their own: SIGTERM drain (health answers, new
-inference gets 503, requests in flight finish, then the port closes), explicit model control over HTTP with
-/metrics on the same port, and a busy port as a clear error."""
+"""The HTTP port over a server's life, with servers of their own: explicit model control over HTTP with
+/metrics on the same port, and a busy port as a clear error (the drain over HTTP: tests/reliability/
+test_fault_lifecycle.py)."""
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from harness.server import ROOT, free_port
-from harness.waiting import wait_for
 
 pytestmark = pytest.mark.process
 
 ROW = {"name": "input", "datatype": "FP32", "shape": [1, 1, 32, 32], "data": [0.0] * 1024}
-
-
-def test_sigterm_drains_http(tmp_path, server_factory, lenet_copy):
-    repo = tmp_path / "repo"
-    lenet_copy(repo, "lenet5_slow", max_batch_size=8, max_queue_delay_microseconds=3_000_000)
-    server = server_factory(repo, "--grace-period", "20")
-    infer = "/v2/models/lenet5_slow/infer"
-    with ThreadPoolExecutor(3) as pool:
-        in_flight = [pool.submit(server.http, "POST", infer, {"inputs": [ROW]}) for _ in range(3)]
-        wait_for(
-            lambda: server.metric("cnnserve_queue_depth", model="lenet5_slow") == 3,
-            20,
-            "three requests in the batcher queue",
-        )
-        server.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: server.http("GET", "/v2/health/ready").status == 400, 20, "readiness to turn false")
-        assert server.proc.poll() is None, "the server must wait for its queued requests"
-        assert server.http("GET", "/v2/health/live").status == 200  # live while draining
-        assert server.http("GET", "/v2/models/lenet5_slow/ready").status == 400
-        refused = server.http("POST", infer, {"inputs": [ROW]})
-        assert refused.status == 503
-        assert "server is shutting down" in refused.json()["error"]
-        assert refused.headers["connection"] == "close"  # go elsewhere
-        answers = [f.result(timeout=30) for f in in_flight]
-    assert [a.status for a in answers] == [200] * 3
-    assert [a.json()["outputs"][0]["shape"] for a in answers] == [[1, 10]] * 3
-    assert server.proc.wait(timeout=30) == 0
-    with pytest.raises(ConnectionError):
-        server.http("GET", "/v2/health/live", timeout=5)
-    assert "Traceback" not in server.log()
 
 
 def test_explicit_model_control_over_http_with_metrics_on_the_http_port(model_repo, server_factory):

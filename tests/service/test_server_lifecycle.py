@@ -1,17 +1,15 @@
-"""Servers of their own: SIGTERM drain, poll-mode reload under load, explicit load/unload (configured through
+"""Servers of their own: poll-mode reload under load, explicit load/unload (configured through
 SERVE_* variables), message size limits, and the healthcheck CLI."""
 
 from __future__ import annotations
 
 import http.client
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -41,32 +39,6 @@ def health(channel, service: str) -> int:
 
 def x(rows: int = 1, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (rows, 1, 32, 32)).astype(np.float32)
-
-
-def test_sigterm_drains_in_flight_requests(tmp_path, server_factory, lenet_copy):
-    repo = tmp_path / "repo"
-    lenet_copy(repo, "lenet5_slow", max_batch_size=8, max_queue_delay_microseconds=2_000_000)
-    server = server_factory(repo, "--grace-period", "20")
-    client = server.client()
-    with ThreadPoolExecutor(3) as pool:
-        in_flight = [pool.submit(client.infer, "lenet5_slow", x(1, i)) for i in range(3)]
-        time.sleep(0.5)  # the three wait in the batcher queue (2 s delay)
-        server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert server.proc.poll() is None, "the server must wait for its queued requests"
-        assert health(client.channel, "") == NOT_SERVING
-        assert health(client.channel, "inference.GRPCInferenceService") == NOT_SERVING
-        assert health(client.channel, "lenet5_slow") == NOT_SERVING
-        assert health(client.channel, "liveness") == SERVING
-        assert client.live() and not client.ready()
-        with pytest.raises(InferenceServerError) as info:
-            client.infer("lenet5_slow", x())
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert "server is shutting down" in info.value.details
-        results = [f.result(timeout=30) for f in in_flight]
-    assert [r.shape for r in results] == [(1, 10)] * 3
-    assert server.proc.wait(timeout=30) == 0
-    assert "shutting down: draining" in server.log()
 
 
 def test_poll_mode_picks_up_a_new_version_without_failing_requests(
