@@ -3,8 +3,9 @@ rolled in and old ones removed from disk while clients call (no failed request, 
 version it names), load/unload cycles with cancelled calls among them (the other models unaffected, the
 end state consistent), and unloading that gives the model's memory back.
 
-tests/service/test_server_lifecycle.py has the plain cases (one version picked up by poll, explicit load
-and unload once); these put them under traffic and repeat them. The drain is tested here only.
+tests/service/test_server_lifecycle.py has the plain cases (explicit load and unload once); these put
+them under traffic and repeat them. The drain and poll mode's version roll are tested here only (a
+repository that goes missing or empty: test_fault_repository.py).
 """
 
 from __future__ import annotations
@@ -255,11 +256,18 @@ def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers,
     assert latest.sent_after_first("3") == {"3"}, "an older version answered after version 3 took over"
     # pinned to version 1: answered by it until it was removed, then NOT_FOUND, never anything else
     assert pinned.codes() == {OK, NOT_FOUND}
-    missing = [t for t, code, _ in pinned.records if code == NOT_FOUND]
-    assert min(missing) > removed_at and all(t < min(missing) for t, code, _ in pinned.records if code == OK)
-    assert [(m.name, m.version, m.state) for m in server.client().repository_index()] == [
-        (MODEL, "3", "READY")
-    ]
+    first_missing = min(t for t, code, _ in pinned.records if code == NOT_FOUND)
+    assert first_missing > removed_at
+    # (an answer is recorded after its check, so compare when the OK ones were sent)
+    assert all(sent < first_missing for sent, _, _ in pinned.answers), "version 1 answered after it was gone"
+    client = server.client()
+    assert [(m.name, m.version, m.state) for m in client.repository_index()] == [(MODEL, "3", "READY")]
+    # a model whose folder leaves the repository (another model still on disk) is unloaded
+    copy_entry(lenet5_dir, repo, "other")
+    wait_for(lambda: client.model_ready("other"), 30, "the other model to load")
+    shutil.rmtree(model_dir)
+    wait_for(lambda: not client.model_ready(MODEL), 30, f"{MODEL} to be unloaded")
+    assert f"model {MODEL} left the repository: unloading" in server.log()
     assert "Traceback" not in server.log()
 
 

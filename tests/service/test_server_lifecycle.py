@@ -1,19 +1,15 @@
-"""Servers of their own: poll-mode reload under load, explicit load/unload (configured through
+"""Servers of their own: explicit load/unload (configured through
 SERVE_* variables), message size limits, and the healthcheck CLI."""
 
 from __future__ import annotations
 
 import http.client
-import shutil
 import subprocess
 import sys
-import threading
-import time
 import urllib.parse
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from harness.ports import TCP_TABLE, in_time_wait
@@ -39,71 +35,6 @@ def health(channel, service: str) -> int:
 
 def x(rows: int = 1, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, (rows, 1, 32, 32)).astype(np.float32)
-
-
-def test_poll_mode_picks_up_a_new_version_without_failing_requests(
-    small_repo, artifacts, tmp_path, server_factory
-):
-    server = server_factory(small_repo, "--model-control-mode", "poll", "--poll-interval", "0.3")
-    client = server.client()
-    seen: list[tuple[str, str]] = []  # (model_version, error)
-    stop = threading.Event()
-
-    def traffic():
-        request = pb.ModelInferRequest(model_name="lenet5")
-        add_input(request, "input", x())
-        while not stop.is_set():
-            try:
-                seen.append((client.infer_request(request, timeout=30).model_version, ""))
-            except InferenceServerError as e:
-                seen.append(("", str(e)))
-
-    threads = [threading.Thread(target=traffic) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
-        staging = tmp_path / "staging"  # the exported version 2 (other weights), copied next to the repo
-        shutil.copytree(artifacts.lenet5_v2, staging)
-        shutil.move(staging, small_repo / "lenet5" / "2")  # one rename: the version appears whole
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(v == "2" for v, _ in seen[-3:]):
-            time.sleep(0.1)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    errors = [e for _, e in seen if e]
-    assert not errors, errors[:3]
-    versions = [v for v, _ in seen]
-    assert versions[0] == "1" and versions[-1] == "2", versions
-    assert versions.index("2") > 0 and "1" not in versions[versions.index("2") + 3 :]  # no flapping back
-    v2 = ort.InferenceSession(str(artifacts.lenet5_v2 / "model.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(
-        client.infer("lenet5", x(2, 9)), v2.run(None, {"input": x(2, 9)})[0], rtol=1e-5, atol=1e-6
-    )
-    index = [(m.name, m.version, m.state) for m in client.repository_index()]
-    assert index == [("lenet5", "2", "READY")]  # default version policy: the latest only
-    with pytest.raises(InferenceServerError) as info:
-        client.infer("lenet5", x(), version="1")
-    assert info.value.code == grpc.StatusCode.NOT_FOUND
-    assert "unloaded lenet5 version 1" in server.log()
-    # a repository that turns empty is taken for a remounting volume: the poll skips, the model serves
-    parked = tmp_path / "parked"
-    shutil.move(small_repo / "lenet5", parked)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "skipping this cycle" not in server.log():
-        time.sleep(0.1)
-    assert "is empty while 1 model(s) are loaded; skipping this cycle" in server.log()
-    assert client.model_ready("lenet5")
-    # removing the folder while another model is on disk unloads it
-    shutil.copytree(parked, small_repo / "other")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and client.model_ready("lenet5"):
-        time.sleep(0.1)
-    assert not client.model_ready("lenet5")
-    assert server.terminate() == 0
 
 
 def test_explicit_model_control_configured_by_environment(model_repo, server_factory, digit_png):
