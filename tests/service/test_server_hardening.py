@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import threading
 import urllib.request
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -136,42 +135,6 @@ def test_image_pixel_cap_and_formats(lenet_copy, server_factory, tmp_path):
         with pytest.raises(InferenceServerError) as info:
             client.classify("lenet5", [data])
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details
-
-
-def _break(repo: Path, name: str) -> None:
-    (repo / name / "config.pbtxt").write_bytes(b'name: "\xff\xfe broken"\n')
-
-
-def test_a_broken_model_stays_local_and_readiness_recovers_when_fixed(lenet_copy, server_factory, tmp_path):
-    repo = tmp_path / "repo"
-    lenet_copy(repo, "good")
-    lenet_copy(repo, "broken")
-    good_config = (repo / "broken" / "config.pbtxt").read_bytes()
-    _break(repo, "broken")
-    lenet_copy(repo, "liveness")  # a health service's name
-    server = server_factory(
-        repo, "--model-control-mode", "poll", "--poll-interval", "0.3", ready_service="good"
-    )  # the server is not ready (a model is broken); the good model is
-    client = server.client(timeout=10)
-    assert client.infer("good", x()).shape == (1, 10)
-    deadline = 100
-    while deadline and not all(m.reason for m in client.repository_index() if m.name != "good"):
-        deadline -= 1  # the startup loads go on in name order
-        threading.Event().wait(0.1)
-    index = {m.name: (m.state, m.reason) for m in client.repository_index()}
-    assert (
-        index["broken"][0] == "UNAVAILABLE" and "broken/config.pbtxt is not UTF-8 text" in index["broken"][1]
-    )
-    assert index["liveness"][0] == "UNAVAILABLE" and "reserved for a health service" in index["liveness"][1]
-    assert str(tmp_path) not in " ".join(reason for _, reason in index.values())  # no filesystem paths
-    assert not client.ready() and not check(server.health_address, "")[0]
-    (repo / "liveness").rename(repo.parent / "parked")  # removed from disk: no longer counts
-    (repo / "broken" / "config.pbtxt").write_bytes(good_config.replace(b"good", b"broken"))
-    deadline = 100
-    while deadline and not client.ready():
-        deadline -= 1
-        threading.Event().wait(0.1)
-    assert client.ready() and client.infer("broken", x()).shape == (1, 10)
 
 
 def test_a_cancelled_load_still_completes(lenet_copy, server_factory, tmp_path):
