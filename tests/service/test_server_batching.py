@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from harness.waiting import wait_for
 from protos import grpc_service_pb2 as pb
 from protos.wire import add_input
 
@@ -67,7 +68,8 @@ def test_without_dynamic_batching_each_request_is_its_own_batch(client):
 def test_full_queue_answers_resource_exhausted(client, server):
     with ThreadPoolExecutor(2) as pool:
         queued = [pool.submit(client.infer, "lenet5_tiny_queue", x(1)) for _ in range(2)]
-        time.sleep(0.3)  # both wait in the queue (1 s delay, max_queue_size 2)
+        depth = lambda: server.metric("cnnserve_queue_depth", model="lenet5_tiny_queue")  # noqa: E731
+        wait_for(lambda: depth() == 2, 10, "both requests in the queue (1 s delay, max_queue_size 2)")
         with pytest.raises(Exception) as info:
             client.infer("lenet5_tiny_queue", x(1))
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

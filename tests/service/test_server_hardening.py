@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from harness.tls import SERVER_NAME
+from harness.waiting import wait_for
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc as pb_grpc
 from protos import health_pb2, health_pb2_grpc
@@ -99,10 +100,8 @@ def test_admission_limits_answer_at_once(lenet_copy, server_factory, tmp_path):
     for t in waiting:
         t.start()
     try:
-        deadline = 50
-        while deadline and 'cnnserve_inflight_requests{model="slow",version="1"} 2.0' not in _metrics(server):
-            deadline -= 1
-            threading.Event().wait(0.05)
+        gauge = 'cnnserve_inflight_requests{model="slow",version="1"} 2.0'
+        wait_for(lambda: gauge in _metrics(server), 10, "two requests in flight")
         with pytest.raises(InferenceServerError) as info:
             client.infer("slow", x())
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "in flight" in info.value.details
@@ -147,10 +146,7 @@ def test_a_cancelled_load_still_completes(lenet_copy, server_factory, tmp_path):
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="lenet5"), timeout=0.01)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     client = server.client(timeout=10)
-    deadline = 100
-    while deadline and not client.model_ready("lenet5"):
-        deadline -= 1
-        threading.Event().wait(0.1)
+    wait_for(lambda: client.model_ready("lenet5"), 10, "the cancelled load to complete")
     assert [(m.name, m.state) for m in client.repository_index()] == [("lenet5", "READY")]
     health = health_pb2_grpc.HealthStub(client.channel)
     serving = health.Check(health_pb2.HealthCheckRequest(service="lenet5"), timeout=5).status
