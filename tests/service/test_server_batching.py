@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -95,12 +94,14 @@ def test_timeout_parameter_expires_in_the_queue_without_computing(stub, client):
     assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
 
 
-def test_grpc_deadline_is_honoured(stub, client):
+def test_grpc_deadline_is_honoured(stub, client, server):
     before = stats(client, "lenet5_batched")
+    ended = lambda: server.metric("cnnserve_requests_total", model="lenet5_batched", protocol="grpc")  # noqa: E731
+    ended_before = ended()
     request = pb.ModelInferRequest(model_name="lenet5_batched")
     add_input(request, "input", x(1))
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(request, timeout=0.1)  # the 300 ms batching delay outlasts it
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(0.5)
+    wait_for(lambda: ended() == ended_before + 1, 10, "the server to end the request")
     assert stats(client, "lenet5_batched").execution_count == before.execution_count
