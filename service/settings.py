@@ -129,7 +129,7 @@ def _boolean(value: str) -> bool:
 
 
 def _restrictions(value: str) -> tuple[str, ...]:
-    """';'-separated restriction specs (each checked by service.protocol.restrictions)."""
+    """';'-separated restriction specs (each checked by service.protocol.security)."""
     return tuple(n.strip() for n in value.split(";") if n.strip())
 
 

@@ -92,19 +92,10 @@ class DataPlane:
     # --------------------------------------------------------------- health
 
     @property
-    def live(self) -> bool:
-        return True
-
-    @property
     def ready(self) -> bool:
+        """Whether the server should take traffic: what the health state publishes (service.app), which
+        answers every health probe and RPC."""
         return self.started and not self.draining and self.manager.ready
-
-    def model_ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.manager.resolve(name, version)
-        except ModelNotFound:
-            return False
-        return not self.draining
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` seconds pass first."""

@@ -23,6 +23,7 @@ from service.protocol.grpc_handlers import Unparseable, add_servicer
 from service.protocol.grpc_precheck import shape_refusal
 from service.protocol.health import HEALTH_SERVICE, INFERENCE_SERVICE, AioHealthServicer, HealthState
 from service.protocol.security import GROUP_OF, Restriction, headers_of
+from service.serving.model_names import check_model_name
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService: each RPC translates its messages and calls the data plane."""
 
-    def __init__(self, plane: DataPlane, restrictions: dict[str, Restriction]) -> None:
+    def __init__(self, plane: DataPlane, health: HealthState, restrictions: dict[str, Restriction]) -> None:
         self.plane = plane
+        self.health = health  # every health answer, on every port, comes from the health state
         self.restrictions = restrictions
 
     def check_restriction(self, group: str, context: grpc.aio.ServicerContext) -> None:
@@ -60,15 +62,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=self.plane.live)
+        return pb.ServerLiveResponse(live=self.health.live)
 
     @_rpc
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.plane.ready)
+        return pb.ServerReadyResponse(ready=self.health.ready)
 
     @_rpc
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
+        ready = self.health.model_ready(request.name, request.version)
+        if not ready:
+            check_model_name(request.name)  # a name no model can have: INVALID_ARGUMENT, as for any RPC
+        return pb.ModelReadyResponse(ready=ready)
 
     @_rpc
     async def ServerMetadata(self, request, context):
@@ -189,7 +194,7 @@ def build_server(
     installed); returns it and its bound port."""
     server = grpc.aio.server(options=server_options(max_message_bytes))
     add_servicer(
-        InferenceServicer(plane, restrictions or {}),
+        InferenceServicer(plane, health, restrictions or {}),
         server,
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         pb,
