@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from google.protobuf import json_format
 
 from protos import grpc_service_pb2 as pb
 from protos import model_config_pb2 as mc
@@ -25,6 +26,7 @@ from service.dataplane.types import (
     ServerMetadata,
 )
 from service.errors import InvalidInput, clip
+from service.protocol.statistics import statistics_document
 from service.serving import RepositoryEntry
 from service.telemetry.stats import ModelStats
 
@@ -144,30 +146,9 @@ def model_config(config: mc.ModelConfig) -> pb.ModelConfigResponse:
 
 
 def model_statistics(stats: list[tuple[str, str, ModelStats]]) -> pb.ModelStatisticsResponse:
-    """Triton's statistics message (its HTTP front end sends the same structure as JSON)."""
-    response = pb.ModelStatisticsResponse()
-    for name, version, s in stats:
-        out = response.model_stats.add(
-            name=name,
-            version=version,
-            last_inference=s.last_inference_ms,
-            inference_count=s.inference_count,
-            execution_count=s.execution_count,
-        )
-        for key in s.KEYS:
-            duration = getattr(out.inference_stats, key)
-            duration.count, duration.ns = s.counts[key], s.ns[key]
-        for rows in sorted(s.batches):
-            count, input_ns, infer_ns, output_ns = s.batches[rows]
-            entry = out.batch_stats.add(batch_size=rows)
-            for key, ns in (
-                ("compute_input", input_ns),
-                ("compute_infer", infer_ns),
-                ("compute_output", output_ns),
-            ):
-                getattr(entry, key).count = count
-                getattr(entry, key).ns = ns
-    return response
+    """Triton's statistics message: the HTTP front end's document (service.protocol.statistics), field for
+    field."""
+    return json_format.ParseDict(statistics_document(stats), pb.ModelStatisticsResponse())
 
 
 def repository_index(entries: list[RepositoryEntry]) -> pb.RepositoryIndexResponse:

@@ -37,6 +37,7 @@ from service.dataplane.types import (
     ServerMetadata,
 )
 from service.errors import InvalidInput, clip
+from service.protocol.statistics import statistics_document
 from service.serving import RepositoryEntry
 from service.telemetry.stats import ModelStats
 
@@ -445,41 +446,9 @@ def model_config(config: mc.ModelConfig) -> dict:
     return document
 
 
-def _duration(count: int, ns: int) -> dict:
-    return {"count": count, "ns": ns}
-
-
 def model_statistics(stats: list[tuple[str, str, ModelStats]]) -> dict:
     """Triton's statistics extension over HTTP: ``{"model_stats": [...]}``."""
-    models = []
-    for name, version, s in stats:
-        inference = {key: _duration(s.counts[key], s.ns[key]) for key in s.KEYS}
-        inference.update(cache_hit=_duration(0, 0), cache_miss=_duration(0, 0))
-        batches = []
-        for rows in sorted(s.batches):
-            count, input_ns, infer_ns, output_ns = s.batches[rows]
-            batches.append(
-                {
-                    "batch_size": rows,
-                    "compute_input": _duration(count, input_ns),
-                    "compute_infer": _duration(count, infer_ns),
-                    "compute_output": _duration(count, output_ns),
-                }
-            )
-        models.append(
-            {
-                "name": name,
-                "version": version,
-                "last_inference": s.last_inference_ms,
-                "inference_count": s.inference_count,
-                "execution_count": s.execution_count,
-                "inference_stats": inference,
-                "response_stats": {},
-                "batch_stats": batches,
-                "memory_usage": [],
-            }
-        )
-    return {"model_stats": models}
+    return statistics_document(stats)
 
 
 def repository_index(entries: list[RepositoryEntry]) -> list[dict]:
