@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import BenchContext, SectionResult, register_section
+from service.protocol.health import HEARTBEAT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lenet5"
@@ -34,7 +35,6 @@ RESNET = "resnet18"  # the 10x overload: a real ResNet-18 (random weights), batc
 INFER = f"/v2/models/{MODEL}/infer"
 BODY_TIMEOUT_S = 5  # --body-timeout for the run: the slow clients' bodies are dropped after this
 SAMPLE_PERIOD_S = 0.05  # loop lag and RSS sampled this often during a case
-HEARTBEAT_S = 0.5  # the server's heartbeat period (service.protocol.health)
 SETTLE_S = 0.6  # sampled this long after a case too: the heartbeat reports a stall late
 CASE_TIMEOUT_S = 60  # no case waits longer for an answer
 PROBE_PERIOD_S = 0.05
@@ -297,7 +297,7 @@ def rss_bytes(pid: int) -> int:
 
 class Sampler:
     """Loop lag (from the metrics port) and RSS of the server, sampled on a thread of this process. The
-    lag gauge holds the last heartbeat's lateness until the next beat (every 0.5 s), so the value seen at
+    lag gauge holds the last heartbeat's lateness until the next beat (every 0.1 s), so the value seen at
     the start, left by an earlier case, counts only once a beat has replaced it."""
 
     def __init__(self, server) -> None:
@@ -321,7 +321,7 @@ class Sampler:
                 lag = self.server.metric("cnnserve_event_loop_lag_seconds")
                 if stale is None:
                     stale = lag
-                if lag != stale or time.monotonic() - started > HEARTBEAT_S:
+                if lag != stale or time.monotonic() - started > HEARTBEAT_SECONDS:
                     self.lag = max(self.lag, lag)
             self.rss = max(self.rss, rss_bytes(self.server.proc.pid))
             self._stop.wait(SAMPLE_PERIOD_S)
@@ -439,12 +439,14 @@ def run(ctx: BenchContext) -> SectionResult:
         prober.wait(10)
         server.terminate()
     samples = [json.loads(line) for line in probes.read_text().splitlines() if line.strip()]
-    columns = ["case", "answer", "time to answer ms", "worst loop lag ms", "RSS growth MB", "worst live ms"]
+    columns = ["#", "case", "answer", "time to answer ms", "worst loop lag ms", "RSS growth MB"]
+    columns.append("worst live ms")
     rows = []
     for name, r in results.items():
         r["worst_live_s"] = worst_probe(samples, r["window"])
         rows.append(
             [
+                str(len(rows) + 1),
                 name,
                 r["status"],
                 _cell(r["seconds"]),
@@ -459,7 +461,34 @@ def run(ctx: BenchContext) -> SectionResult:
         f"the metrics port during each case and {SETTLE_S} s after; /v2/health/live probed every "
         f"{PROBE_PERIOD_S * 1e3:.0f} ms on a fresh connection from another process.",
     ]
-    return SectionResult(columns=columns, rows=rows, figures={"cases": results}, notes=notes)
+    plot = ctx.out_dir / "hostile.png"
+    timeline(plot, samples, results)
+    return SectionResult(columns=columns, rows=rows, figures={"cases": results}, notes=notes, plots=[plot])
+
+
+def timeline(path: Path, samples: list[list], results: dict[str, dict]) -> None:
+    """Every live probe's latency over the run, each case's window shaded and numbered as in the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = samples[0][0] if samples else 0.0
+    figure, axes = plt.subplots(figsize=(11, 4))
+    axes.plot([t - start for t, _, _ in samples], [latency * 1e3 for _, latency, _ in samples], ".", ms=3)
+    for number, r in enumerate(results.values(), 1):
+        left, right = (t - start for t in r["window"])
+        axes.axvspan(left, right, color="orange" if number % 2 else "gold", alpha=0.25)
+        axes.text((left + right) / 2, 1.02, str(number), transform=axes.get_xaxis_transform(), ha="center")
+    axes.axhline(50, color="red", lw=0.8)
+    axes.set_yscale("log")
+    axes.set_xlabel("seconds into the run")
+    axes.set_ylabel("GET /v2/health/live, main port (ms)")
+    title = "live probes during each hostile case (numbered as in the table); red: 50 ms"
+    axes.set_title(title, fontsize=10, pad=18)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
