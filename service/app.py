@@ -133,6 +133,7 @@ class Server:
             self.http_app(with_metrics),
             settings.host,
             settings.http_port,
+            health=None if "health" in self.restrictions else self.health,
             tls_cert=settings.tls_cert,
             tls_key=settings.tls_key,
             tls_client_ca=settings.tls_client_ca,

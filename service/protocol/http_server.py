@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,6 +51,7 @@ from service.errors import (
 from service.protocol import http_codec as codec
 from service.protocol.client_noise import quiet_client_noise
 from service.protocol.health import HealthState
+from service.protocol.http_accept import ProbeFirstAcceptor
 from service.protocol.http_headers import BoundedHttpToolsProtocol
 from service.protocol.security import Restriction
 from service.serving.model_names import check_model_name
@@ -469,9 +471,24 @@ def _json(document) -> Response:
 class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our event loop, beside grpc.aio: the process's signal handlers stay ours."""
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()  # set once started: connections accepted elsewhere may be handed in
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.up.set()
+
+    def protocol(self) -> asyncio.Protocol:
+        """A connection's protocol, as uvicorn's own listener makes it (for a socket accepted elsewhere)."""
+        config = self.config
+        return config.http_protocol_class(
+            config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
 
 
 def uvicorn_config(
@@ -503,9 +520,11 @@ def uvicorn_config(
 
 
 class HttpServer:
-    """An app served by uvicorn on ``host:port`` in the running event loop; bound at construction."""
+    """An app served by uvicorn on ``host:port`` in the running event loop; bound at construction. With
+    ``health`` (and without TLS) connections are accepted on a thread of its own that answers health
+    probes itself (:mod:`service.protocol.http_accept`) and hands every other connection to uvicorn."""
 
-    def __init__(self, app, host: str, port: int, **tls) -> None:
+    def __init__(self, app, host: str, port: int, health: HealthState | None = None, **tls) -> None:
         quiet_client_noise()
         self.server = EmbeddedUvicorn(uvicorn_config(app, **tls))
         try:
@@ -514,13 +533,44 @@ class HttpServer:
             raise OSError(f"cannot bind HTTP to {host}:{port} (port in use?): {e}") from None
         self.port = self.socket.getsockname()[1]
         self._task: asyncio.Task | None = None
+        plain = tls.get("tls_cert") is None
+        self.acceptor = ProbeFirstAcceptor(self.socket, health, self._hand_over) if health and plain else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._adopting: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.server.serve([self.socket]), name="http")
+        self._loop = asyncio.get_running_loop()
+        if self.acceptor is None:
+            self._task = self._loop.create_task(self.server.serve([self.socket]), name="http")
+            return
+        self._task = self._loop.create_task(self.server.serve([]), name="http")  # no listener of its own
+        self.acceptor.start()
+
+    def _hand_over(self, sock: socket.socket) -> None:
+        """On the acceptor's thread: give ``sock`` to uvicorn on the serving loop."""
+        self._loop.call_soon_threadsafe(self._adopt, sock)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        task = self._loop.create_task(self._connect(sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await self.server.up.wait()
+            if self.server.should_exit:
+                sock.close()
+                return
+            await self._loop.connect_accepted_socket(self.server.protocol, sock)
+        except Exception as e:  # the client went away meanwhile, or the server is stopping
+            log.debug("HTTP connection not adopted: %s", e)
+            sock.close()
 
     async def stop(self, grace: float) -> None:
         """Stop listening, close idle connections, let requests in progress finish for up to ``grace``
         seconds (then cancel them)."""
+        if self.acceptor is not None:
+            await asyncio.to_thread(self.acceptor.stop)
         if self._task is None:
             self.socket.close()
             return
