@@ -147,3 +147,47 @@ def test_a_binary_tensor_counts_once_though_it_is_both_body_and_tensor(repo):
     answer, held = run(main())
     assert answer.status_code == 200, answer.text
     assert held == 0
+
+
+def test_a_large_declared_body_arrives_whole_in_its_buffer(tmp_path):
+    """A body from MAPPED_BODY_BYTES on is read into one mapping of its Content-Length, chunk by chunk;
+    the tensors are views of it, and answer as the same rows sent one request each."""
+    import json
+
+    import numpy as np
+
+    from service.protocol.http_server import MAPPED_BODY_BYTES
+
+    repo = tmp_path / "repo"
+    rows = 256
+    linear_model(repo, max_batch_size=rows)
+    x = np.random.default_rng(0).uniform(0, 0.5, (rows, 1, 32, 32)).astype(np.float32)
+
+    def request(batch: np.ndarray) -> tuple[bytes, dict]:
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(batch.shape)}
+        tensor["parameters"] = {"binary_data_size": batch.nbytes}
+        head = json.dumps({"inputs": [tensor]}).encode()
+        return head + batch.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+    async def chunks(data: bytes, size: int = 65536):
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+
+    async def main():
+        async with serving(repo) as s:
+            body, headers = request(x)
+            assert len(body) >= MAPPED_BODY_BYTES
+            headers["Content-Length"] = str(len(body))
+            whole = await s.http.post(INFER, content=chunks(body), headers=headers)
+            singles = []
+            for i in (0, 100, 255):
+                one, one_headers = request(x[i : i + 1])
+                singles.append(await s.http.post(INFER, content=one, headers=one_headers))
+            return whole, singles, s.server.plane.budget.held
+
+    whole, singles, held = run(main())
+    assert whole.status_code == 200, whole.text
+    outputs = np.array(whole.json()["outputs"][0]["data"], np.float32).reshape(rows, -1)
+    for i, single in zip((0, 100, 255), singles, strict=True):
+        np.testing.assert_allclose(outputs[i], single.json()["outputs"][0]["data"], rtol=1e-5, atol=1e-6)
+    assert held == 0
