@@ -29,6 +29,7 @@ from loadtest.progress import LiveProgress, QuietProgress
 from loadtest.security import check_header
 
 PROG = "python -m loadtest"
+DEFAULT_WINDOW_S = 2.0  # seconds per measurement window unless --window says otherwise
 
 
 def number_list(kind, what: str):
@@ -190,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument(
         "--warmup", type=positive(float, allow_zero=True), default=1.0, help="seconds per step"
     )
-    measure.add_argument("--window", type=positive(float), default=2.0, help="seconds per measurement window")
+    measure.add_argument(
+        "--window",
+        type=positive(float),
+        help=f"seconds per measurement window (default {DEFAULT_WINDOW_S:g}, shortened so that --windows "
+        "fit in a shorter --duration)",
+    )
     measure.add_argument(
         "--windows", type=positive(int), default=3, help="consecutive windows that must agree"
     )
@@ -216,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fitted_window(args: argparse.Namespace) -> tuple[float, str | None]:
+    """--window, or the default shortened so that --windows of it fit in --duration (and a note saying so)."""
+    if args.window is not None:
+        return args.window, None
+    if args.windows * DEFAULT_WINDOW_S <= args.duration:
+        return DEFAULT_WINDOW_S, None
+    window = args.duration / args.windows
+    return window, (
+        f"{PROG}: --duration {args.duration:g} s holds {args.windows} windows of {window:.3g} s (not the "
+        f"default {DEFAULT_WINDOW_S:g} s); short windows agree less often: raise --duration for steadier "
+        "figures"
+    )
+
+
 def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
     mode = OPEN_LOOP if args.rate else CLOSED_LOOP
     return LoadTestOptions(
@@ -227,7 +247,7 @@ def options_from_args(args: argparse.Namespace) -> LoadTestOptions:
         batch=args.batch,
         input_name=args.input_name,
         images=args.images,
-        window_s=args.window,
+        window_s=fitted_window(args)[0],
         windows=args.windows,
         duration_s=args.duration,
         warmup_s=args.warmup,
@@ -271,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_outputs(args)
     except UsageError as error:
         parser.error(str(error))
+    note = fitted_window(args)[1]
+    if note:
+        print(note, file=sys.stderr)
 
     # Imported here so that `--help` and argument errors stay fast.
     from loadtest.sweep import run_loadtest

@@ -304,3 +304,22 @@ def test_http_url_forms():
     assert address("https://example.com/") == "https://example.com"
     assert LoadTestOptions(url="https://h:1", model="m", protocol="http").tls_settings() is not None
     assert LoadTestOptions(url="h:1", model="m").tls_settings() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "window", "noted"),
+    [
+        ([], 2.0, False),  # 30 s holds 3 windows of the default 2 s
+        (["--duration", "3"], 1.0, True),  # fitted: 3 windows of 1 s, and said so
+        (["--duration", "3", "--windows", "2"], 1.5, True),
+        (["--duration", "3", "--window", "0.5"], 0.5, False),  # given: kept
+    ],
+)
+def test_a_short_duration_fits_its_windows(flags, window, noted):
+    from loadtest.cli import build_parser, fitted_window, options_from_args
+
+    args = build_parser().parse_args(["--url", "127.0.0.1:1", "--model", "m", *flags])
+    options = options_from_args(args)
+    options.validate()  # fits: no UsageError
+    assert options.window_s == pytest.approx(window)
+    assert (fitted_window(args)[1] is not None) == noted
