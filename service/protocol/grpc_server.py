@@ -31,6 +31,7 @@ STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream answered concurren
 
 
 def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """A unary RPC: its group's restriction checked, any error answered as its status (one place)."""
     group = GROUP_OF[method.__name__]
 
     @functools.wraps(method)
@@ -41,8 +42,24 @@ def _rpc(method: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
                 raise InvalidInput(request.message)
             return await method(self, request, context)
         except Exception as e:
-            status, message = self.plane.public_status(e)
-            await context.abort(grpc.StatusCode[status], message)
+            await self.abort(context, e)
+
+    return wrapper
+
+
+def _stream_rpc(method: Callable[..., AsyncIterator]) -> Callable[..., AsyncIterator]:
+    """A streaming RPC: its group's restriction checked before the first message is read, a refusal
+    answered as its status, as :func:`_rpc` does (errors of single messages travel in the stream)."""
+    group = GROUP_OF[method.__name__]
+
+    @functools.wraps(method)
+    async def wrapper(self, request_iterator, context):
+        try:
+            self.check_restriction(group, context)
+        except Exception as e:
+            await self.abort(context, e)
+        async for message in method(self, request_iterator, context):
+            yield message
 
     return wrapper
 
@@ -54,6 +71,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.plane = plane
         self.health = health  # every health answer, on every port, comes from the health state
         self.restrictions = restrictions
+
+    async def abort(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        status, message = self.plane.public_status(exc)
+        await context.abort(grpc.StatusCode[status], message)
 
     def check_restriction(self, group: str, context: grpc.aio.ServicerContext) -> None:
         restriction = self.restrictions.get(group)
@@ -110,13 +131,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         plain = codec.infer_request(request, context.time_remaining())
         return codec.infer_response(await self.plane.infer(plain))
 
+    @_stream_rpc
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they batch); errors travel as error_message."""
-        try:
-            self.check_restriction("inference", context)
-        except Exception as e:
-            status, message = self.plane.public_status(e)
-            await context.abort(grpc.StatusCode[status], message)
         window = asyncio.Semaphore(STREAM_WINDOW)
         responses: asyncio.Queue = asyncio.Queue(maxsize=STREAM_WINDOW + 1)
         tasks: set[asyncio.Task] = set()
