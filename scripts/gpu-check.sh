@@ -5,7 +5,7 @@
 # (fp32, fp16, int8 where something runs it), serves it on the GPU, checks the served answers against
 # PyTorch, and measures in-process and gRPC throughput (FP32 input, UINT8 pixels, JPEG image) with GPU
 # utilization; writes gpu-check.{json,png,md} to $OUT when set (else ./gpu-check). --dry-run: the same code
-# with tiny sizes on the CPU (CI runs it). Wheels carried to the machine (README.md, "GPU") are taken from
+# with tiny sizes on the CPU (CI runs it). Wheels carried to the machine (docs/GPU.md) are taken from
 # $WHEELS (default .whl/): each one whose distribution the image lacks, or has below the project's floor
 # (bench/gpucheck/wheels.py decides and says why it leaves any out).
 set -euo pipefail

@@ -218,7 +218,7 @@ def _steps(plan: Plan, out: Path, work: Path, console, weights: str, record: dic
         console.print(f"optional, absent: {line}", highlight=False)
     done("survey")
     if env.missing:
-        raise CheckFailed("missing: " + "; ".join(env.missing) + " (carry the wheels: README.md, GPU)")
+        raise CheckFailed("missing: " + "; ".join(env.missing) + " (carry the wheels: docs/GPU.md)")
     sampler = GpuSampler()
     if sampler.reason:
         record["notes"].append(f"no GPU utilization figures: {sampler.reason}")

@@ -1,7 +1,7 @@
 """What the machine has: versions of everything the check imports, and what is missing or too old.
 
 Read from package metadata, before any heavy import, so that a missing wheel is named in the first
-seconds (the lent GPU machine has no network: a missing package must travel as a wheel, README.md says
+seconds (the lent GPU machine has no network: a missing package must travel as a wheel, docs/GPU.md says
 how). Floors are the pyproject's where the generated stubs set them (grpcio, protobuf).
 """
 

@@ -1,4 +1,4 @@
-"""The README's Deploy section uses the Dockerfile's targets, the overlays' images and paths that exist."""
+"""The deploy guide (docs/DEPLOY.md) uses the Dockerfile's targets, the overlays' images and paths that exist."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tests.deploy.deploy_contract import DEPLOY, ROOT, parse_dockerfile
 
 @pytest.fixture(scope="module")
 def deploy_section() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "DEPLOY.md").read_text()
     match = re.search(r"^## Deploy$(.*?)(?=^## |\Z)", readme, re.M | re.S)
-    assert match, "README.md has no '## Deploy' section"
+    assert match, "docs/DEPLOY.md has no '## Deploy' section"
     return match.group(1)
 
 
