@@ -21,10 +21,7 @@ def bar_chart(path: Path, labels: list[str], series: dict[str, list[float]], tit
         axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         axis.set_title(name)
         axis.grid(axis="y", alpha=0.3)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    save(figure, path, title)
 
 
 def stacked_bars(
@@ -48,9 +45,7 @@ def stacked_bars(
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    save(figure, path)
 
 
 def grouped_bars(
@@ -89,3 +84,14 @@ def grouped_bars(
 
 def _short(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def save(figure, path: Path, title: str | None = None) -> None:
+    """Give ``figure`` its title, lay it out, write it as a PNG and free it."""
+    from matplotlib import pyplot
+
+    if title is not None:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import BenchContext, SectionResult, register_section
+from bench.charts import save
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTH_PORT, HTTP_READY, MAIN_PORT = (
@@ -420,10 +421,7 @@ def _plot(path: Path, quiet: dict, loaded: dict) -> None:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("probe latency, ms (fresh connection)")
     axes[1].legend(fontsize=8, loc="upper right")
-    figure.suptitle("health probes from another process; red: the 100 ms bound", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    save(figure, path, "health probes from another process; red: the 100 ms bound")
 
 
 def main(argv: list[str] | None = None) -> int:

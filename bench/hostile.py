@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import BenchContext, SectionResult, register_section
+from bench.charts import save
 from service.protocol.health import HEARTBEAT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -486,9 +487,7 @@ def timeline(path: Path, samples: list[list], results: dict[str, dict]) -> None:
     axes.set_ylabel("GET /v2/health/live, main port (ms)")
     title = "live probes during each hostile case (numbered as in the table); red: 50 ms"
     axes.set_title(title, fontsize=10, pad=18)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import BenchContext, SectionResult, register_section
+from bench.charts import save
 
 MODEL = "resnet18"
 CYCLES = 50
@@ -146,6 +147,4 @@ def _plot(path: Path, after_unload: list[float], after_load: list[float], footpr
     axis.grid(alpha=0.3)
     axis.legend()
     axis.set_title(f"resnet18: {len(after_unload)} unload/load cycles (one load holds {footprint:.0f} MB)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    save(figure, path)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import BenchContext, SectionResult, register_section
+from bench.charts import save
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVE_S, QUICK_DRIVE_S = 600.0, 40.0
@@ -479,10 +480,7 @@ def _plot(path: Path, records: dict, samples: list[dict], reload_at: float | Non
         axis.grid(alpha=0.3)
         if reload_at is not None:
             axis.axvline(reload_at, color="grey", linestyle="--", linewidth=0.8)
-    figure.suptitle("soak: lenet5 + resnet18, good and bad requests, a reload (dashed)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    save(figure, path, "soak: lenet5 + resnet18, good and bad requests, a reload (dashed)")
 
 
 def main(argv: list[str] | None = None) -> int:
