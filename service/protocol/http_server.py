@@ -438,18 +438,17 @@ class HttpFrontEnd:
 
     @_endpoint("model-repository")
     async def load(self, request: Request) -> Response:
-        name = request.path_params["model"]
-        self.plane.check_model_control("load", name)  # before the body is read
-        document = await self.control_body(request, "model load request")
-        await self.plane.load_model(name, codec.control_parameters(document, "load"))
-        return Response(status_code=200)
+        return await self._model_control(request, "load", self.plane.load_model)
 
     @_endpoint("model-repository")
     async def unload(self, request: Request) -> Response:
+        return await self._model_control(request, "unload", self.plane.unload_model)
+
+    async def _model_control(self, request: Request, action: str, apply: Callable) -> Response:
         name = request.path_params["model"]
-        self.plane.check_model_control("unload", name)  # before the body is read
-        document = await self.control_body(request, "model unload request")
-        await self.plane.unload_model(name, codec.control_parameters(document, "unload"))
+        self.plane.check_model_control(action, name)  # before the body is read
+        document = await self.control_body(request, f"model {action} request")
+        await apply(name, codec.control_parameters(document, action))
         return Response(status_code=200)
 
     @_endpoint(None)
