@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from service.batching.policy import BatchPolicy, concat_rows, plan_batch, split_rows
-from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
+from service.errors import BackendError, DeadlineExceeded, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +164,8 @@ class DynamicBatcher:
     # ------------------------------------------------------------- requests
 
     def _admit(self, data: np.ndarray, deadline: float | None) -> float:
-        """Reject a request no batch can take (too many rows, deadline already passed); returns now."""
-        rows = data.shape[0]
-        if rows > self.policy.max_batch_size:
-            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self.policy.max_batch_size}")
+        """Reject a request whose deadline already passed; returns now. (Its rows are at most
+        max_batch_size: the data plane checks them where it reads the request.)"""
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(f"deadline passed before model {self.name} could queue the request")

@@ -122,21 +122,19 @@ def _image_tensor(tensor: InputTensor, io: ModelIO) -> ModelInput:
             spans = bytes_offsets(raw, limit=rows)
         except WireFormatError as e:
             raise InvalidInput(f"{what}: {e}, expected {rows} for shape {clip(shape)}") from None
+        count = len(spans)
+    else:
+        values = tensor.values or ()
+        count = len(values)
+    if count != rows:  # counted before a single element is copied (a bomb holds millions)
+        raise InvalidInput(f"{what}: holds {count} BYTES elements, expected {rows} for shape {clip(shape)}")
+    if raw is not None:
         view = memoryview(raw)
         items = [bytes(view[start:stop]) for start, stop in spans]
     else:
-        values = tensor.values or ()
-        if len(values) != rows:  # counted before a single element is copied (a bomb holds millions)
-            raise InvalidInput(
-                f"{what}: holds {len(values)} BYTES elements, expected {rows} for shape {clip(shape)}"
-            )
         items = list(values)
         if not all(isinstance(x, bytes) for x in items):
             raise InvalidInput(f"{what}: elements must be bytes (encoded images)")
-    if len(items) != rows:
-        raise InvalidInput(
-            f"{what}: holds {len(items)} BYTES elements, expected {rows} for shape {clip(shape)}"
-        )
     return ModelInput(IMAGES, rows, items)
 
 

@@ -131,11 +131,8 @@ class DataPlane:
             top_k = read_top_k(request, io)
             deadline = request_deadline(request, io, received)
             held = self.budget.reserve(model_input.held_bytes(io.row_bytes), "the request's payload of")
-            served.batcher.check_room()
-            data = model_input.data
-            if model_input.kind == IMAGES:
-                data = await self.images.decode(data, io.input_spec, served.backends[0].image_decoder())
-            logits = await served.batcher.submit(data, deadline)
+            decode = self.images.decode if model_input.kind == IMAGES else None
+            logits = await served.infer(model_input.data, deadline, decode)
             response = build_response(request, served, logits, top_k)
             outcome = SUCCESS
             return response

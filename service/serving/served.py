@@ -6,7 +6,10 @@ import asyncio
 import ctypes
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
 
 from modelrepo.manifest import Manifest
 from modelrepo.reader import Fingerprint, ModelIO
@@ -14,6 +17,9 @@ from protos import model_config_pb2 as mc
 from service.backends import ArtifactChoice, Backend
 from service.batching import BatchPolicy, DynamicBatcher
 from service.telemetry.stats import VersionTelemetry
+
+# (encoded images, the model's input spec, the backend's image decoder) -> the model's input rows
+Decode = Callable[[list[bytes], Any, Any], Awaitable[np.ndarray]]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +118,17 @@ class ServedVersion:
             f"{name}/{version}", [b.run for b in backends], policy, telemetry, inline=inline
         )
         self.inflight = InflightCounter()
+
+    async def infer(self, rows, deadline: float | None, decode: Decode | None = None) -> np.ndarray:
+        """The logits for a checked request's rows (at most max_batch_size of them: the data plane's
+        inputs check them where it reads them). Encoded images are decoded with ``decode`` (the data
+        plane's pool) for this version's input and backend; the queue's room is checked before that
+        work too (the batcher checks it again when the request joins the queue, which may have filled
+        meanwhile)."""
+        if decode is not None:
+            self.batcher.check_room()
+            rows = await decode(rows, self.io.input_spec, self.backends[0].image_decoder())
+        return await self.batcher.submit(rows, deadline)
 
     def start(self) -> None:
         self.batcher.start()

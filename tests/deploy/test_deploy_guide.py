@@ -1,4 +1,4 @@
-"""The deploy guide (docs/DEPLOY.md) uses the Dockerfile's targets, the overlays' images and paths that exist."""
+"""docs/DEPLOY.md uses the Dockerfile's targets, the overlays' images and paths that exist."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from service.batching import BatchPolicy, DynamicBatcher
 from service.batching import batcher as batcher_module
 from service.batching.batcher import TIMER_SLACK_NS
 from service.batching.policy import concat_rows, plan_batch, split_rows
-from service.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded, Unavailable
+from service.errors import BackendError, DeadlineExceeded, Overloaded, Unavailable
 
 # ----------------------------------------------------------------------------------- plan_batch (pure)
 
@@ -256,19 +256,6 @@ def test_expired_deadline_fails_without_computing():
     batches, depth = run(main())
     assert batches == []
     assert depth == 0
-
-
-def test_oversized_request_is_rejected():
-    async def main():
-        batcher = DynamicBatcher("m", [Recorder()], policy(max_batch_size=4))
-        batcher.start()
-        try:
-            await batcher.submit(rows(5))
-        finally:
-            await batcher.close()
-
-    with pytest.raises(InvalidInput, match="5 rows exceeds max_batch_size 4"):
-        run(main())
 
 
 def test_a_failing_batch_fails_only_its_requests():
