@@ -3,20 +3,20 @@ target.
 
 ``python -m bench.null_server --port P --model NAME --shape 1,32,32 --classes 10 --max-batch-size 8``
 
-It serves one model that advertises an FP32 ``input`` ``[-1, C, H, W]``, a UINT8 ``pixels``
-``[-1, H, W, C]`` and a BYTES ``image`` ``[-1]`` (``--no-inputs``: none, like MLServer serving an ONNX
-model) and answers every infer request with zero ``logits`` ``[batch, classes]``, without looking at the
-input's values. To be a fair floor for cnnserve it runs on the same frameworks with the same settings
-(grpc.aio with ``service.protocol.grpc_server.server_options``; Starlette served by uvicorn in the same
-event loop for HTTP) and counts requests the way cnnserve does: plain integers turned into metric families
-only at scrape time, so a request pays no metric locks. ``/metrics`` (named like cnnserve's) has
-``cnnserve_requests_total`` by outcome, ``cnnserve_inference_rows_total`` and ``cnnserve_batch_size``
-(each request is its own "batch"); there is no queue and no compute to time.
+It is our own front ends (``service.protocol``: the gRPC servicer, the HTTP app with its admission and
+acceptor, the metrics port) over a data plane that does nothing (:mod:`bench.null_plane`): one model that
+advertises an FP32 ``input`` ``[-1, C, H, W]``, a UINT8 ``pixels`` ``[-1, H, W, C]`` and a BYTES
+``image`` ``[-1]`` (``--no-inputs``: none, like MLServer serving an ONNX model; ``--no-config``: no
+Triton model configuration, UNIMPLEMENTED) and answers every infer request with zero ``logits``
+``[batch, classes]`` without looking at the input's values. So the floor includes our codecs and
+telemetry: a benchmark against it measures what the model and the batcher add. ``/metrics`` has
+cnnserve's series (``cnnserve_requests_total`` by outcome, ``cnnserve_inference_rows_total``,
+``cnnserve_batch_size``: each request its own "batch").
 
-HTTP (``--http-port``) answers the KServe v2 REST routes: health, model metadata, ready, Triton's model
-config, and infer with JSON tensors or Triton's binary tensor extension. ``--tls-cert``/``--tls-key``
-put both front ends on TLS (``--tls-client-ca``: mutual TLS); ``--require-header KEY=VALUE`` restricts
-inference as Triton's restricted protocols do (PERMISSION_DENIED, HTTP 403, without the header).
+``--tls-cert``/``--tls-key`` put both front ends on TLS (``--tls-client-ca``: mutual TLS);
+``--require-header KEY=VALUE`` restricts inference as ``--restricted-protocol inference:KEY=VALUE``
+does on the real server (UNAUTHENTICATED / HTTP 401 without the header, PERMISSION_DENIED / 403 with
+another value).
 
 With ``--port 0`` / ``--metrics-port 0`` / ``--http-port 0`` free ports are picked; the first line on
 stdout always reads ``null_server grpc=HOST:PORT metrics=http://HOST:PORT/metrics`` (then
@@ -37,79 +37,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from google.protobuf import json_format
-from prometheus_client import CollectorRegistry, start_http_server
-
-from bench.null_core import NullCore, NullCounts, NullError, NullModel
-from bench.null_http import http_server
+from bench.null_plane import NullModel, NullPlane
 from loadtest.cli import header, number_list, positive
-from protos import grpc_service_pb2 as pb
-from protos import grpc_service_pb2_grpc as pb_grpc
-from protos import model_config_pb2 as mc
 from protos.wire import MAX_MESSAGE_BYTES
 from service.eventloop import run
-from service.protocol.grpc_server import server_options
-
-
-class NullServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: NullCore) -> None:
-        self.core = core
-        self._responses: dict[int, pb.ModelInferResponse] = {}  # rows -> zero logits
-
-    async def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
-
-    async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
-
-    async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.core.known(request.name, request.version))
-
-    async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="loadtest-null-server", version="0", extensions=[])
-
-    async def ModelMetadata(self, request, context):
-        try:
-            self.core.require_model(request.name, request.version)
-        except NullError as error:
-            await context.abort(error.code, error.message)
-        return pb.ModelMetadataResponse(**self.core.metadata())
-
-    async def ModelConfig(self, request, context):
-        m = self.core.model
-        if not m.offer_config:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no model configuration")
-        try:
-            self.core.require_model(request.name, request.version)
-        except NullError as error:
-            await context.abort(error.code, error.message)
-        return pb.ModelConfigResponse(config=json_format.ParseDict(self.core.config(), mc.ModelConfig()))
-
-    async def ModelInfer(self, request, context):
-        required = self.core.required_header
-        header_value = dict(context.invocation_metadata()).get(required[0].lower()) if required else None
-        shapes = [list(t.shape) for t in request.inputs]
-        try:
-            self.core.authorize(header_value)
-            rows = self.core.admit(request.model_name, request.model_version, shapes)
-        except NullError as error:
-            await context.abort(error.code, error.message)
-        template = self._responses.get(rows)
-        if template is None:
-            model = self.core.model
-            template = pb.ModelInferResponse(
-                model_name=model.name,
-                model_version=model.version,
-                raw_output_contents=[bytes(4 * rows * model.classes)],
-            )
-            template.outputs.add(name="logits", datatype="FP32", shape=[rows, model.classes])
-            self._responses[rows] = template
-        response = pb.ModelInferResponse()
-        response.CopyFrom(template)  # the cheapest correct answer: a prepared message, copied
-        if request.id:
-            response.id = request.id
-        return response
+from service.protocol.grpc_server import build_server
+from service.protocol.health import HealthState, heartbeat, http_probe
+from service.protocol.http_admission import Admission
+from service.protocol.security import grpc_server_credentials, parse_restrictions
+from service.settings import Settings
+from service.telemetry.endpoint import serve_endpoint
+from service.telemetry.prometheus import ServerMetrics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -146,27 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def grpc_server(core: NullCore, args: argparse.Namespace) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=server_options(MAX_MESSAGE_BYTES))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NullServicer(core), server)
-    address = f"{args.host}:{args.port}"
-    if args.tls_cert is None:
-        port = server.add_insecure_port(address)
-    else:
-        client_ca = args.tls_client_ca.read_bytes() if args.tls_client_ca else None
-        credentials = grpc.ssl_server_credentials(
-            [(args.tls_key.read_bytes(), args.tls_cert.read_bytes())],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
-        port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise SystemExit(f"null_server: cannot listen on {address}")
-    return server, port
-
-
 async def serve(args: argparse.Namespace) -> None:
-    registry = CollectorRegistry()
+    from service.protocol.http_server import HttpFrontEnd, HttpServer
+
+    metrics = ServerMetrics(gpu=False)
     model = NullModel(
         args.model,
         args.model_version,
@@ -176,32 +97,57 @@ async def serve(args: argparse.Namespace) -> None:
         describe_inputs=not args.no_inputs,
         offer_config=not args.no_config,
     )
-    counts = NullCounts(model)
-    registry.register(counts)
-    core = NullCore(model, counts, args.require_header)
-    server, port = grpc_server(core, args)
-    http, http_socket = http_server(core, args) if args.http_port is not None else (None, None)
-    metrics_server, _ = start_http_server(args.metrics_port, addr=args.host, registry=registry)
-    await server.start()
-    banner = (
-        f"null_server grpc={args.host}:{port} metrics=http://{args.host}:{metrics_server.server_port}/metrics"
+    plane = NullPlane(model, metrics)
+    health = HealthState()
+    health.set_model(model.name, (model.version,))
+    health.set_ready(True)
+    beating = asyncio.create_task(heartbeat(health))
+    restrictions = {}
+    if args.require_header is not None:
+        restrictions = parse_restrictions(["inference:{}={}".format(*args.require_header)])
+    credentials = None
+    if args.tls_cert is not None:
+        credentials = grpc_server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    server, port = build_server(
+        plane,
+        health,
+        f"{args.host}:{args.port}",
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        credentials=credentials,
+        restrictions=restrictions,
     )
-    http_task = None
-    if http is not None:
-        http_task = asyncio.create_task(http.serve(sockets=[http_socket]))
+    await server.start()
+    probe = http_probe(health)
+    endpoint, metrics_port = serve_endpoint(metrics.registry, probe, args.host, args.metrics_port)
+    banner = f"null_server grpc={args.host}:{port} metrics=http://{args.host}:{metrics_port}/metrics"
+    http = None
+    if args.http_port is not None:
+        defaults = Settings(repo=Path("."))
+        app = HttpFrontEnd(
+            plane,
+            health,
+            max_body_bytes=MAX_MESSAGE_BYTES,
+            max_json_bytes=defaults.max_json_bytes,
+            body_timeout=defaults.body_timeout,
+            restrictions=restrictions,
+        ).app()
+        app = Admission(app, health, defaults.max_active_http_requests)
+        tls = {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca}
+        http = HttpServer(app, args.host, args.http_port, health=health, **tls)
+        http.start()
         scheme = "https" if args.tls_cert else "http"
-        banner += f" http={scheme}://{args.host}:{http_socket.getsockname()[1]}"
+        banner += f" http={scheme}://{args.host}:{http.port}"
     print(banner, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    if http_task is not None:
-        http.should_exit = True
-        await http_task
+    if http is not None:
+        await http.stop(1.0)
     await server.stop(grace=1.0)
-    metrics_server.shutdown()
+    endpoint.shutdown()
+    beating.cancel()
 
 
 @dataclass(frozen=True)

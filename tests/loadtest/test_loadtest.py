@@ -186,7 +186,7 @@ def test_bad_arguments_exit_2(extra, message, capsys):
     ("extra", "message"),
     [
         (["--model", "nope"], "--model 'nope': the server at"),
-        (["--model", "nope"], "model 'nope' is not found"),  # the server's own NOT_FOUND message
+        (["--model", "nope"], "unknown model 'nope'"),  # the server's own NOT_FOUND message
         (["--model", "null", "--batch", "9"], "--batch 9 exceeds model 'null''s max_batch_size 8"),
         (["--model", "null", "--input", "nope"], "--input nope: model 'null' has no such input"),
         (["--model", "null", "--images", "/no/such/dir"], "--images /no/such/dir: no such directory"),
