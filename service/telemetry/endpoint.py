@@ -101,7 +101,17 @@ class MetricsEndpoint:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
-            request = await asyncio.wait_for(_next_request(conn, reader), REQUEST_DEADLINE_S)
+            try:
+                request = await asyncio.wait_for(_next_request(conn, reader), REQUEST_DEADLINE_S)
+            except h11.RemoteProtocolError as e:  # not HTTP, or too large: say so (400, 431), then close
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    refusal = h11.Response(
+                        status_code=e.error_status_hint,
+                        headers=[("content-length", "0"), ("connection", "close")],
+                    )
+                    writer.write(conn.send(refusal) + conn.send(h11.EndOfMessage()))
+                    await writer.drain()
+                return
             if request is None:
                 return
             status, headers, body = await self._answer(request)
@@ -152,7 +162,7 @@ async def _next_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h
             data = await reader.read(65536)
             received += len(data)
             if received > MAX_HEAD_BYTES:
-                raise h11.RemoteProtocolError("request too large for the metrics port")
+                raise h11.RemoteProtocolError("request too large for the metrics port", 431)
             conn.receive_data(data)  # b"": the client closed (ConnectionClosed next, or an error mid-request)
         elif isinstance(event, h11.Request):
             request = event

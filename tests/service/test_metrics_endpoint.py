@@ -120,3 +120,9 @@ def test_connections_past_the_limit_are_closed_and_idle_ones_expire(server, endp
         for connection in idle:
             connection.close()
     assert get(endpoint, "/v2/health/live")[0] == 200
+
+
+def test_garbage_is_answered_400_and_an_oversized_head_431(endpoint):
+    assert exchange(endpoint, b"GARBAGE " * 100 + b"\r\n\r\n").startswith(b"HTTP/1.1 400")
+    huge = b"GET /metrics HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * (20 * 1024) + b"\r\n\r\n"
+    assert exchange(endpoint, huge).startswith(b"HTTP/1.1 431")
