@@ -1,44 +1,52 @@
-# syntax=docker/dockerfile:1
-#
 # cnnserve images. Two targets:
 #   docker build --target cpu -t cnnserve:0.1.0-cpu .
 #   docker build --target gpu -t cnnserve:0.1.0-gpu .
-# The model repository is mounted at /models at run time, or baked in from a folder:
-#   docker build --target gpu --build-context model-repository=./model_repository -t cnnserve:0.1.0-gpu-models .
-# (BuildKit, the default builder since Docker 23, is required for --build-context and RUN --mount.)
+# The model repository is mounted at /models at run time (read-only is enough), or baked into an image of
+# your own: FROM cnnserve:0.1.0-cpu + COPY model_repository/ /models/ (docs/DEPLOY.md).
+# Builders: BuildKit (docker build, buildx) and Docker's classic builder (DOCKER_BUILDKIT=0, Debian's
+# docker.io 20.10) alike: no RUN --mount, no build contexts, no syntax directive to fetch.
+# Behind a TLS-intercepting proxy, put its CA bundle at build-ca/ca.pem (git-ignored): only the install
+# stage reads it, so no image that ships carries it.
 
 # GPU base: CUDA 12.x + TensorRT 10 + Python 3.12. Stay on a CUDA 12 tag: onnxruntime-gpu's PyPI wheels
 # are built for CUDA 12 / cuDNN 9.
 ARG GPU_BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.06-py3
+# CPU base: any image with a `python` (3.10+) on PATH that may create a venv (python:*-slim; or a local
+# Debian base made with debootstrap where no registry is reachable: harness/image.py).
 ARG CPU_BASE_IMAGE=python:3.11-slim
 
 # ---- wheel: build the project's wheel from pyproject.toml; nothing of this stage but the wheel ships.
 FROM ${CPU_BASE_IMAGE} AS wheel
 WORKDIR /src
 COPY . .
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN if [ -s build-ca/ca.pem ]; then export PIP_CERT="$PWD/build-ca/ca.pem"; fi \
+ && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && cp constraints.txt /wheels/constraints.txt
 
-# ---- model-repository: empty by default; replace it with --build-context model-repository=DIR to bake
-# a repository into /models.
-FROM scratch AS model-repository
-
-# ---- cpu: python-slim and the server alone (no extras): it serves ONNX models on onnxruntime, without
-# torch (model.pt2 entries need the export extra).
-FROM ${CPU_BASE_IMAGE} AS cpu
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+# ---- install: the server alone (no extras) in a venv, at the exact versions the test suite passed with
+# (constraints.txt, scripts/lock.sh). It serves ONNX models on onnxruntime, without torch (model.pt2
+# entries need the export extra).
+FROM ${CPU_BASE_IMAGE} AS install
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The exact versions the test suite passed with (constraints.txt, scripts/lock.sh).
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,from=wheel,source=/src/constraints.txt,target=/tmp/constraints.txt \
-    python -m pip install -c /tmp/constraints.txt /wheels/cnnserve-*.whl
+COPY --from=wheel /wheels /tmp/wheels
+COPY build-ca/ /tmp/build-ca/
+RUN if [ -s /tmp/build-ca/ca.pem ]; then export PIP_CERT=/tmp/build-ca/ca.pem; fi \
+ && python -m venv /opt/cnnserve \
+ && /opt/cnnserve/bin/python -m pip install -c /tmp/wheels/constraints.txt /tmp/wheels/cnnserve-*.whl
+
+# ---- cpu: the base image and the install stage's venv, nothing else.
+FROM ${CPU_BASE_IMAGE} AS cpu
+COPY --from=install /opt/cnnserve /opt/cnnserve
 RUN groupadd --system --gid 10001 cnnserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/cnnserve --create-home \
-        --shell /usr/sbin/nologin cnnserve
-COPY --from=model-repository / /models/
+        --shell /usr/sbin/nologin cnnserve \
+ && mkdir -p /models
 # Settings are SERVE_* variables (docs/ARCHITECTURE.md); the manifests in deploy/ override them.
-ENV SERVE_REPO=/models \
+ENV PATH=/opt/cnnserve/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
     SERVE_HTTP_PORT=8000 \
     SERVE_GRPC_PORT=8001 \
@@ -69,16 +77,16 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.5,<3" "torchvision>=0.20"
 # The base dependencies list onnxruntime and the gpu extra onnxruntime-gpu; both install the same
 # `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over the shared files.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=bind,from=wheel,source=/src/constraints.txt,target=/tmp/constraints.txt \
-    python -m pip install -c /tmp/constraints.txt "$(echo /wheels/cnnserve-*.whl)[gpu]" \
+COPY --from=wheel /wheels /tmp/wheels
+RUN python -m pip install -c /tmp/wheels/constraints.txt "$(echo /tmp/wheels/cnnserve-*.whl)[gpu]" \
  && ort_version="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
  && python -m pip uninstall -y onnxruntime \
- && python -m pip install --force-reinstall --no-deps "onnxruntime-gpu==${ort_version}"
+ && python -m pip install --force-reinstall --no-deps "onnxruntime-gpu==${ort_version}" \
+ && rm -rf /tmp/wheels
 RUN groupadd --system --gid 10001 cnnserve \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/cnnserve --create-home \
-        --shell /usr/sbin/nologin cnnserve
-COPY --from=model-repository / /models/
+        --shell /usr/sbin/nologin cnnserve \
+ && mkdir -p /models
 ENV SERVE_REPO=/models \
     SERVE_HOST=0.0.0.0 \
     SERVE_HTTP_PORT=8000 \

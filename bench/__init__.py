@@ -42,6 +42,7 @@ SECTION_MODULES = {
     "reload": "bench.reload",
     "soak": "bench.soak",
     "hostile": "bench.hostile",
+    "image": "bench.image",
 }
 
 

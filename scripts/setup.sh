@@ -45,10 +45,15 @@ fi
 echo "==> installing the project and its dev tools${lock:+ (constraints.txt)}"
 pip install "${lock[@]}" -e ".[dev]"
 
-# promtool and kubectl are used by the deploy tests; install them where we may (root + apt).
+# promtool, kubectl, Docker and debootstrap are used by the deploy tests; install them where we may (root + apt).
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubectl)
+# The container image's test builds and runs the Dockerfile with Debian's Docker and a debootstrap base.
+if [ "${SETUP_PEERS:-1}" != 0 ]; then
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "==> apt-get install ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \

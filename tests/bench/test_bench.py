@@ -49,6 +49,7 @@ SECTIONS = {
     "reload",
     "soak",
     "hostile",
+    "image",
 }
 
 

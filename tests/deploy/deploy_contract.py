@@ -347,3 +347,18 @@ def check_promql(expressions: dict[str, str]) -> None:
     if result.returncode != 0:
         numbered = "\n".join(f"  {i}: {where}" for i, where in enumerate(expressions))
         raise AssertionError(f"promtool rejects an expression:\n{result.stdout}{result.stderr}\n{numbered}")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_tag(target: str) -> str:
+    """The image the ``target`` overlay deploys, without its registry (what ``docker build -t`` tags)."""
+    overlay = yaml.safe_load((DEPLOY / "overlays" / target / "kustomization.yaml").read_text())
+    (entry,) = overlay["images"]
+    return f"{entry['newName'].rsplit('/', 1)[-1]}:{entry['newTag']}"
+
+
+def without_registry(reference: str) -> str:
+    """``registry.example.com/cnnserve:0.1.0-gpu`` -> ``cnnserve:0.1.0-gpu``."""
+    return reference.rsplit("/", 1)[-1]

@@ -30,12 +30,20 @@ def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
 
 def test_stages_and_bases(dockerfile):
     args, stages = dockerfile
-    assert {"wheel", "model-repository", *RUNTIME_TARGETS} <= set(stages), stages.keys()
+    assert {"wheel", "install", *RUNTIME_TARGETS} <= set(stages), stages.keys()
     assert stages["gpu"].base == "${GPU_BASE_IMAGE}"
     assert stages["cpu"].base == "${CPU_BASE_IMAGE}"
     assert args["GPU_BASE_IMAGE"].startswith(("nvcr.io/nvidia/tensorrt:", "nvcr.io/nvidia/cuda:"))
     assert re.fullmatch(r"python:3\.1[0-9]-slim", args["CPU_BASE_IMAGE"]), args["CPU_BASE_IMAGE"]
-    assert stages["model-repository"].base == "scratch" and not stages["model-repository"].instructions
+    assert stages["install"].base == "${CPU_BASE_IMAGE}"  # the venv's python is the cpu image's
+
+
+def test_the_classic_builder_can_build_it():
+    """Debian's Docker 20.10 has no BuildKit here: no syntax directive, RUN --mount or build contexts."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.M | re.I)
+    instructions = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("--mount" in line for line in instructions)
 
 
 @pytest.mark.parametrize("target", RUNTIME_TARGETS)
@@ -88,14 +96,16 @@ def test_runtime_settings_and_ports(dockerfile, target):
     assert grpc == int(settings["SERVE_GRPC_PORT"].default)
     assert metrics == int(settings["SERVE_METRICS_PORT"].default)
 
-    copies = stage.all("COPY")
-    assert any(c.startswith("--from=model-repository ") and c.endswith(" /models/") for c in copies)
+    assert any("mkdir -p /models" in run for run in stage.all("RUN")), "the mount point of the repository"
 
 
 def test_cpu_image_installs_the_server_without_torch(dockerfile):
-    runs = dockerfile[1]["cpu"].all("RUN")
+    runs = dockerfile[1]["install"].all("RUN") + dockerfile[1]["cpu"].all("RUN")
     assert not any("torch" in run for run in runs), "the CPU image serves ONNX; torch is the export extra's"
     assert any(run.rstrip().endswith("/wheels/cnnserve-*.whl") for run in runs), "no extras in the CPU image"
+    assert any("-c /tmp/wheels/constraints.txt" in run for run in runs), "the tested versions"
+    copies = dockerfile[1]["cpu"].all("COPY")
+    assert copies == ["--from=install /opt/cnnserve /opt/cnnserve"], "the venv, and nothing of the build"
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not any(d.startswith(("torch", "torchvision", "onnxscript", "matplotlib")) for d in dependencies)
 
@@ -113,7 +123,7 @@ def test_gpu_image_installs_cuda_torch_and_the_gpu_extra(dockerfile):
 
 def test_wheel_stage_builds_from_pyproject(dockerfile):
     runs = dockerfile[1]["wheel"].all("RUN")
-    assert any("pip wheel" in run and run.rstrip().endswith(" .") for run in runs)
+    assert any("pip wheel" in run and "--wheel-dir /wheels . " in run for run in runs)
 
 
 def test_entrypoint_modules_exist():
@@ -205,3 +215,17 @@ def test_dockerignore_keeps_sources_and_drops_the_rest():
         "tests/deploy/test_dockerfile.py",
     ]:
         assert _ignored(path, patterns), f".dockerignore should drop {path}"
+
+
+def test_the_images_the_build_tags_are_the_ones_the_manifests_run():
+    """The Dockerfile's build commands tag what the overlays and the KServe InferenceService deploy, up to
+    the registry (tests/deploy/test_image.py builds the cpu tag and checks the image itself)."""
+    import yaml
+
+    from tests.deploy.deploy_contract import DEPLOY, image_tag, without_registry
+
+    builds = dict(re.findall(r"docker build --target (\w+) -t (\S+) \.", (ROOT / "Dockerfile").read_text()))
+    assert builds == {target: image_tag(target) for target in RUNTIME_TARGETS}
+    service = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    containers = service["spec"]["predictor"]["containers"]
+    assert [without_registry(c["image"]) for c in containers] == [image_tag("gpu")]
