@@ -15,23 +15,17 @@ ARG GPU_BASE_IMAGE=nvcr.io/nvidia/tensorrt:25.06-py3
 # Debian base made with debootstrap where no registry is reachable: harness/image.py).
 ARG CPU_BASE_IMAGE=python:3.11-slim
 
-# ---- wheel: build the project's wheel from pyproject.toml; nothing of this stage but the wheel ships.
-FROM ${CPU_BASE_IMAGE} AS wheel
-WORKDIR /src
-COPY . .
-RUN if [ -s build-ca/ca.pem ]; then export PIP_CERT="$PWD/build-ca/ca.pem"; fi \
- && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && cp constraints.txt /wheels/constraints.txt
-
-# ---- install: the server alone (no extras) in a venv, at the exact versions the test suite passed with
-# (constraints.txt, scripts/lock.sh). It serves ONNX models on onnxruntime, without torch (model.pt2
-# entries need the export extra).
+# ---- install: the project's wheel (the gpu target installs it too), and the server alone (no extras) in
+# a venv, at the exact versions the test suite passed with (constraints.txt, scripts/lock.sh). It serves
+# ONNX models on onnxruntime, without torch (model.pt2 entries need the export extra). Nothing of this
+# stage ships but the venv.
 FROM ${CPU_BASE_IMAGE} AS install
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY --from=wheel /wheels /tmp/wheels
-COPY build-ca/ /tmp/build-ca/
-RUN if [ -s /tmp/build-ca/ca.pem ]; then export PIP_CERT=/tmp/build-ca/ca.pem; fi \
+COPY . /src
+RUN if [ -s /src/build-ca/ca.pem ]; then export PIP_CERT=/src/build-ca/ca.pem; fi \
+ && python -m pip wheel --no-deps --wheel-dir /tmp/wheels /src \
+ && cp /src/constraints.txt /tmp/wheels/constraints.txt \
  && python -m venv /opt/cnnserve \
  && /opt/cnnserve/bin/python -m pip install -c /tmp/wheels/constraints.txt /tmp/wheels/cnnserve-*.whl
 
@@ -77,7 +71,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN python -m pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.5,<3" "torchvision>=0.20"
 # The base dependencies list onnxruntime and the gpu extra onnxruntime-gpu; both install the same
 # `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled over the shared files.
-COPY --from=wheel /wheels /tmp/wheels
+COPY --from=install /tmp/wheels /tmp/wheels
 RUN python -m pip install -c /tmp/wheels/constraints.txt "$(echo /tmp/wheels/cnnserve-*.whl)[gpu]" \
  && ort_version="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
  && python -m pip uninstall -y onnxruntime \

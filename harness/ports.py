@@ -32,3 +32,17 @@ def in_time_wait(port: int) -> bool:
         if int(local.rsplit(":", 1)[1], 16) == port and state == TIME_WAIT:
             return True
     return False
+
+
+def exchange(port: int, request: bytes, timeout: float = 10, host: str = "127.0.0.1") -> bytes:
+    """Send ``request`` on a connection of its own and read until the server closes it (a reset counts
+    as closed): what a raw client sees, for tests of what a port answers."""
+    import contextlib
+
+    with socket.create_connection((host, port), timeout=timeout) as client:
+        client.sendall(request)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                answer += chunk
+    return answer

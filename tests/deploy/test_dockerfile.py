@@ -30,7 +30,7 @@ def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
 
 def test_stages_and_bases(dockerfile):
     args, stages = dockerfile
-    assert {"wheel", "install", *RUNTIME_TARGETS} <= set(stages), stages.keys()
+    assert {"install", *RUNTIME_TARGETS} <= set(stages), stages.keys()
     assert stages["gpu"].base == "${GPU_BASE_IMAGE}"
     assert stages["cpu"].base == "${CPU_BASE_IMAGE}"
     assert args["GPU_BASE_IMAGE"].startswith(("nvcr.io/nvidia/tensorrt:", "nvcr.io/nvidia/cuda:"))
@@ -121,9 +121,10 @@ def test_gpu_image_installs_cuda_torch_and_the_gpu_extra(dockerfile):
     assert "gpu" in extras
 
 
-def test_wheel_stage_builds_from_pyproject(dockerfile):
-    runs = dockerfile[1]["wheel"].all("RUN")
-    assert any("pip wheel" in run and "--wheel-dir /wheels . " in run for run in runs)
+def test_install_stage_builds_the_wheel_from_pyproject(dockerfile):
+    runs = dockerfile[1]["install"].all("RUN")
+    assert any("pip wheel --no-deps --wheel-dir /tmp/wheels /src" in run for run in runs)
+    assert "--from=install /tmp/wheels /tmp/wheels" in dockerfile[1]["gpu"].all("COPY")
 
 
 def test_entrypoint_modules_exist():

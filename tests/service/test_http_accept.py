@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from harness.ports import exchange
 from service.protocol import http_accept
 from service.protocol.health import HealthState
 from service.protocol.http_accept import ProbeFirstAcceptor, probe_of
@@ -48,22 +49,13 @@ def acceptor(monkeypatch):
         handed.get().close()
 
 
-def answer_of(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(request)
-        answer = b""
-        while chunk := client.recv(4096):
-            answer += chunk
-    return answer
-
-
 def test_probes_are_answered_from_the_health_state(acceptor):
     running, state, handed, port = acceptor
     state.beat(0.0)
-    assert answer_of(port, LIVE).startswith(b"HTTP/1.1 200 OK\r\n")
-    assert answer_of(port, b"GET /v2/health/ready HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # not ready
+    assert exchange(port, LIVE).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert exchange(port, b"GET /v2/health/ready HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # not ready
     state.set_ready(True)
-    assert answer_of(port, b"GET /v2/health/ready HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert exchange(port, b"GET /v2/health/ready HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")
     assert running.answered == 3 and handed.empty()
 
 
@@ -92,5 +84,5 @@ def test_a_silent_connection_is_handed_over_after_the_triage_timeout(acceptor):
 def test_a_connection_closed_unsent_is_dropped(acceptor):
     running, _, handed, port = acceptor
     socket.create_connection(("127.0.0.1", port), timeout=10).close()
-    assert answer_of(port, LIVE).startswith(b"HTTP/1.1 200")  # (the next one is served: the first was seen)
+    assert exchange(port, LIVE).startswith(b"HTTP/1.1 200")  # (the next one is served: the first was seen)
     assert handed.empty() and running.answered == 1

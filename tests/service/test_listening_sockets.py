@@ -9,27 +9,17 @@ import socket
 import pytest
 from prometheus_client import CollectorRegistry
 
-from harness.ports import TCP_TABLE, free_port, in_time_wait
+from harness.ports import TCP_TABLE, exchange, free_port, in_time_wait
 from service.sockets import listening_socket
 from service.telemetry.endpoint import serve_endpoint
 
 pytestmark = pytest.mark.skipif(not TCP_TABLE.exists(), reason="TIME_WAIT is read from Linux's /proc/net/tcp")
 
 
-def closed_by_the_server(port: int, request: bytes) -> bytes:
-    """Send ``request`` and read until the server closes the connection (so TIME_WAIT is on its side)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(request)
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
-    return answer
-
-
 def test_metrics_endpoint_rebinds_while_its_last_connection_is_in_time_wait():
     port = free_port()
     server, _ = serve_endpoint(CollectorRegistry(), lambda path: None, "127.0.0.1", port)
-    answer = closed_by_the_server(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    answer = exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
     server.shutdown()
     server.server_close()

@@ -11,6 +11,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from harness.ports import exchange
 from harness.waiting import wait_for
 from service.telemetry import endpoint as endpoint_module
 from service.telemetry.endpoint import serve_endpoint
@@ -31,17 +32,6 @@ def server():
 @pytest.fixture
 def endpoint(server) -> int:
     return server.server_port
-
-
-def exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
-    """Send ``request``, read until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
-        client.sendall(request)
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := client.recv(65536):
-                answer += chunk
-    return answer
 
 
 def get(port: int, path: str, *headers: str) -> tuple[int, dict[str, str], bytes]:

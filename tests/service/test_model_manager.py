@@ -47,6 +47,12 @@ def repo(tmp_path, lenet_copy):
     return repo
 
 
+def serve_all_versions(model_dir) -> None:
+    config = read_config(model_dir)
+    config.version_policy.all.SetInParent()
+    write_config(model_dir, config)
+
+
 def edit_manifest(version_dir, **changes):
     path = version_dir / "manifest.json"
     data = json.loads(path.read_text())
@@ -215,9 +221,7 @@ def test_version_policy():
 
 
 def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts):
-    config = read_config(repo / "lenet5")
-    config.version_policy.all.SetInParent()
-    write_config(repo / "lenet5", config)
+    serve_all_versions(repo / "lenet5")
 
     async def main():
         m = manager(repo)
@@ -250,9 +254,7 @@ def test_reload_keeps_unchanged_versions_and_serves_new_ones(repo, artifacts):
 def test_poll_loads_a_folder_only_once_two_polls_see_the_same_files(repo, artifacts):
     """A version copied in file by file (no atomic move) is not loaded half-written: each poll that sees
     it changed since the last one waits, and the model serves its old version meanwhile."""
-    config = read_config(repo / "lenet5")
-    config.version_policy.all.SetInParent()
-    write_config(repo / "lenet5", config)
+    serve_all_versions(repo / "lenet5")
 
     async def main():
         m = manager(repo)
