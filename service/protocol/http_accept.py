@@ -12,6 +12,7 @@ with TLS the bytes cannot be looked at, and the serving loop accepts as before.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import threading
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 PEEK_BYTES = 1024  # a probe's head is a few hundred bytes at most
 TRIAGE_TIMEOUT_S = 1.0  # a connection that sends nothing for this long is handed over as it is
 ACCEPT_BATCH = 64  # connections accepted per wake-up before the thread looks at their first bytes
+ACCEPT_PAUSE_S = 1.0  # accepting stops this long when the process is out of descriptors or memory
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 PROBE_PATHS = {b"/v2/health/live": "live", b"/v2/health/ready": "ready"}
 ANSWERS = {
     True: b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -71,6 +74,8 @@ class ProbeFirstAcceptor:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        elif not self._loop.is_closed():  # never started
+            self._loop.close()
         self.listener.close()
 
     # ------------------------------------------------------------------ the thread
@@ -92,14 +97,25 @@ class ProbeFirstAcceptor:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # out of file descriptors, or the like: the next wake-up tries again
-                log.warning("HTTP port: cannot accept a connection: %s", e)
-                return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as e:
+                if e.errno in RESOURCE_ERRNOS:  # out of descriptors or memory: pause, as asyncio does
+                    log.warning("HTTP port: cannot accept (%s); pausing accepts for %g s", e, ACCEPT_PAUSE_S)
+                    self._loop.remove_reader(self.listener.fileno())
+                    self._loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+                return  # (a connection reset before it was accepted: the next wake-up goes on)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._loop.add_reader(sock.fileno(), self._triage, sock)
+            except OSError:  # reset by the peer meanwhile
+                sock.close()
+                continue
             self._pending.add(sock)
-            self._loop.add_reader(sock.fileno(), self._triage, sock)
             self._loop.call_later(TRIAGE_TIMEOUT_S, self._release, sock)
+
+    def _resume_accepting(self) -> None:
+        if self.listener.fileno() >= 0:
+            self._loop.add_reader(self.listener.fileno(), self._accept)
 
     def _triage(self, sock: socket.socket) -> None:
         try:

@@ -24,6 +24,7 @@ import logging
 import mmap
 import socket
 import ssl
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,7 @@ RATIO_FREE_BYTES = 1 << 20  # ...once past this size (a small body may inflate a
 # (tens of microseconds); otherwise on a thread (zlib releases the GIL).
 INFLATE_INLINE_BYTES = 4096
 INFLATE_INLINE_LIMIT = CONTROL_BODY_BYTES
+MIN_BODY_RATE = 64 * 1024  # bytes/s a body must keep up, on average, past its first --body-timeout
 MAPPED_BODY_BYTES = 1 << 20  # declared bodies from this size are read into a mapping of their length
 
 
@@ -250,10 +252,15 @@ class HttpFrontEnd:
         buffer = mmap.mmap(-1, length) if length and length >= MAPPED_BODY_BYTES else None
         chunks, size = [], 0
         stream = request.stream()
+        started = time.monotonic()
         try:
             while True:
+                # Each chunk within --body-timeout, and the body as a whole at MIN_BODY_RATE once past its
+                # first --body-timeout: a byte every few seconds would otherwise hold an admission slot
+                # and a reservation forever (Apache's mod_reqtimeout does the same).
+                left = started + self.body_timeout + size / MIN_BODY_RATE - time.monotonic()
                 try:
-                    async with asyncio.timeout(self.body_timeout):
+                    async with asyncio.timeout(max(0.0, min(self.body_timeout, left))):
                         chunk = await anext(stream)
                 except StopAsyncIteration:
                     break
@@ -277,8 +284,9 @@ class HttpFrontEnd:
         except TimeoutError:
             await _unmap(buffer)
             raise BodyTimeout(
-                f"the request body stalled: nothing arrived for {self.body_timeout:g} s after {size} bytes "
-                f"({BODY_TIMEOUT})"
+                f"the request body stalled or crawled: {size} bytes in {time.monotonic() - started:.0f} s "
+                f"(each chunk within {self.body_timeout:g} s, {BODY_TIMEOUT}, and {MIN_BODY_RATE} bytes/s "
+                "after that)"
             ) from None
         except BaseException:
             await _unmap(buffer)
@@ -585,20 +593,27 @@ class HttpServer:
 
     async def _connect(self, sock: socket.socket) -> None:
         try:
-            await self.server.up.wait()
-            if self.server.should_exit:
+            if not self.server.up.is_set():  # uvicorn still starting (or failed to: then nothing serves)
+                up = asyncio.ensure_future(self.server.up.wait())
+                await asyncio.wait({up, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                up.cancel()
+            if not self.server.up.is_set() or self.server.should_exit:
                 sock.close()
                 return
             await self._loop.connect_accepted_socket(self.server.protocol, sock)
-        except Exception as e:  # the client went away meanwhile, or the server is stopping
+        except BaseException as e:  # the client went away meanwhile, or the server is stopping
             log.debug("HTTP connection not adopted: %s", e)
             sock.close()
+            if isinstance(e, asyncio.CancelledError):
+                raise
 
     async def stop(self, grace: float) -> None:
         """Stop listening, close idle connections, let requests in progress finish for up to ``grace``
         seconds (then cancel them)."""
         if self.acceptor is not None:
             await asyncio.to_thread(self.acceptor.stop)
+            for task in list(self._adopting):  # handed over, not yet adopted: closed
+                task.cancel()
         if self._task is None:
             self.socket.close()
             return

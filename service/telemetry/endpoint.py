@@ -29,7 +29,7 @@ from service.sockets import listening_socket
 HealthProbe = Callable[[str], bool | None]  # path -> answer (None: not a health path)
 
 MAX_CONNECTIONS = 1024  # past this many open connections, a new one is closed at once
-REQUEST_DEADLINE_S = 10.0  # from awaiting a request (a new connection, or after an answer) to having it
+REQUEST_DEADLINE_S = 10.0  # to receive a whole request (from awaiting it), and to send an answer
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; these endpoints take no body
 SCRAPE_THREADS = 2
 
@@ -47,26 +47,44 @@ class MetricsEndpoint:
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._run, name="metrics-endpoint", daemon=True)
         self._thread.start()
         self._started.wait()
+        if self._failure is not None:
+            raise OSError(f"the metrics port could not start: {self._failure}") from self._failure
 
     # ---------------------------------------------------------------- lifecycle
 
     def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
         pool = ThreadPoolExecutor(SCRAPE_THREADS, thread_name_prefix="metrics-scrape")
         self._loop.set_default_executor(pool)
-        self._loop.run_until_complete(self._serve())
+        with contextlib.suppress(Exception):  # a failure to start is reported by the constructor
+            self._loop.run_until_complete(self._serve())
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(self._loop.shutdown_default_executor())
         self._loop.close()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEAD_BYTES)
-        self._started.set()
+        try:
+            server = await asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEAD_BYTES)
+        except BaseException as e:
+            self._failure = e
+            raise
+        finally:
+            self._started.set()
         async with server:
             await self._stop.wait()
             server.close()
+            for writer in list(self._writers):  # the open connections go too (wait_closed does not wait)
+                writer.transport.abort()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
 
@@ -90,13 +108,17 @@ class MetricsEndpoint:
             writer.transport.abort()
             return
         self._open += 1
+        self._writers.add(writer)
         try:
             await self._serve_connection(reader, writer)
-        except (ConnectionError, asyncio.TimeoutError, h11.ProtocolError):
-            pass  # a client that went away, sent too slowly or sent something else than HTTP: dropped
+            writer.close()
+        except (ConnectionError, asyncio.TimeoutError, h11.ProtocolError, asyncio.CancelledError):
+            # a client that went away, sent or read too slowly, or sent something else than HTTP: dropped
+            # at once, unsent bytes and all (close() would wait for a client that does not read)
+            writer.transport.abort()
         finally:
             self._open -= 1
-            writer.close()
+            self._writers.discard(writer)
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -110,7 +132,7 @@ class MetricsEndpoint:
                         headers=[("content-length", "0"), ("connection", "close")],
                     )
                     writer.write(conn.send(refusal) + conn.send(h11.EndOfMessage()))
-                    await writer.drain()
+                    await asyncio.wait_for(writer.drain(), REQUEST_DEADLINE_S)
                 return
             if request is None:
                 return
@@ -122,7 +144,7 @@ class MetricsEndpoint:
             if body:
                 writer.write(conn.send(h11.Data(data=body)))
             writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), REQUEST_DEADLINE_S)  # a client that does not read
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()

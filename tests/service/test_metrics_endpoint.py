@@ -116,3 +116,23 @@ def test_garbage_is_answered_400_and_an_oversized_head_431(endpoint):
     assert exchange(endpoint, b"GARBAGE " * 100 + b"\r\n\r\n").startswith(b"HTTP/1.1 400")
     huge = b"GET /metrics HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * (20 * 1024) + b"\r\n\r\n"
     assert exchange(endpoint, huge).startswith(b"HTTP/1.1 431")
+
+
+def test_a_client_that_does_not_read_its_answers_is_dropped(monkeypatch):
+    """Scrapes whose answers are never read fill the buffers: an answer must go out within the deadline
+    too, or the connection is aborted (it would hold its slot forever)."""
+    monkeypatch.setattr(endpoint_module, "REQUEST_DEADLINE_S", 1.0)
+    registry = CollectorRegistry()
+    for i in range(2000):  # a scrape of about 200 KB
+        Counter(f"cnnserve_test_{i}", "a counter", registry=registry).inc()
+    server, port = serve_endpoint(registry, HEALTH.get, "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            for _ in range(50):  # 10 MB of answers, none read
+                client.sendall(b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n")
+            wait_for(lambda: server.open_connections == 1, 10, "the connection to be served")
+            wait_for(lambda: server.open_connections == 0, 15, "the non-reading connection to be dropped")
+    finally:
+        server.shutdown()
+        server.server_close()

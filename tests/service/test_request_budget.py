@@ -117,8 +117,40 @@ def test_a_stalled_body_is_dropped_and_its_reservation_released(repo):
 
     answer, held = run(main())
     assert answer.status_code == 408 and answer.headers["connection"] == "close"
-    assert "stalled: nothing arrived for 0.2 s after 20000 bytes (--body-timeout)" in answer.json()["error"]
+    assert (
+        "stalled or crawled: 20000 bytes in 0 s (each chunk within 0.2 s, --body-timeout"
+        in answer.json()["error"]
+    )
     assert held == 0
+
+
+class Crawling(Body):
+    """A body that sends a small chunk every ``period`` seconds: each chunk is in time, the whole is not."""
+
+    def __init__(self, chunks: int, period: float) -> None:
+        super().__init__(chunks, size=100)
+        self.period = period
+
+    async def __aiter__(self):
+        for _ in range(self.chunks):
+            await asyncio.sleep(self.period)
+            self.pulled += 1
+            yield b" " * self.size
+
+
+def test_a_crawling_body_is_dropped_once_past_its_minimum_rate(repo):
+    """A chunk every 0.1 s never stalls past --body-timeout 0.3 s, but 1 KB/s is far under the minimum
+    rate: dropped 408 once the first --body-timeout is spent, not after all 200 chunks (20 s)."""
+
+    async def main():
+        async with serving(repo, "--body-timeout", "0.3") as s:
+            body = Crawling(200, period=0.1)
+            answer = await s.http.post(INFER, content=body, headers=body.length)
+            return answer, body.pulled, s.server.plane.budget.held
+
+    answer, pulled, held = run(main())
+    assert answer.status_code == 408 and "stalled or crawled" in answer.json()["error"], answer.text
+    assert pulled < 20 and held == 0
 
 
 def test_grpc_bounds_the_streams_a_connection_may_buffer():
