@@ -40,6 +40,7 @@ def run(ctx: BenchContext) -> SectionResult:
         base_s = time.monotonic() - started
         ctx.console.print(f"image: local base in {base_s:.0f} s; building cold", highlight=False)
         cold_s = image.build(daemon, "cpu", "cnnserve:bench", base)
+        ctx.console.print(f"image: built cold in {cold_s:.0f} s; again, every layer cached", highlight=False)
         cached_s = image.build(daemon, "cpu", "cnnserve:bench", base)
         size = json.loads(daemon.docker("image", "inspect", "cnnserve:bench").stdout)[0]["Size"]
         ports = free_ports(4)
@@ -59,6 +60,7 @@ def run(ctx: BenchContext) -> SectionResult:
                 raise RuntimeError(f"the container was not ready in {READY_WITHIN_S} s")
             time.sleep(0.2)
         ready_s = time.monotonic() - started
+        ctx.console.print(f"image: ready {ready_s:.1f} s after docker run; serving {MODEL}", highlight=False)
         try:
             container = Endpoint(
                 "container",
@@ -68,7 +70,7 @@ def run(ctx: BenchContext) -> SectionResult:
                 f"http://127.0.0.1:{env['SERVE_METRICS_PORT']}/metrics",
             )
             with cnnserve(ctx, [MODEL]) as host_server:
-                host = Endpoint("host", host_server.address, MODEL, host_server.pid, host_server.metrics_url)
+                host = host_server.endpoint(MODEL, "host")
                 ratios, points = [], {"container": [], "host": []}
                 for i in range(rounds):
                     order = (container, host) if i % 2 == 0 else (host, container)
