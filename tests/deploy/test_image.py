@@ -91,13 +91,26 @@ def repository(lenet5_export, tmp_path_factory):
 
 
 def test_the_image_is_what_the_manifests_assume(built):
-    """Ports, user, health check, entrypoint and environment as the deploy manifests and the docs rely on
-    them (read from the built image, not the Dockerfile)."""
+    """The ports, probes, user and settings the Deployment assumes are what the built image does (read
+    from ``docker image inspect``, not the Dockerfile); its read-only root file system is exercised by
+    the next test, which runs the image that way."""
+    import yaml
+
+    from tests.deploy.deploy_contract import DEPLOY
+
+    deployment = yaml.safe_load((DEPLOY / "base" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     config = built["inspect"]["Config"]
-    assert config["User"] == USER
+    uid, _, gid = config["User"].partition(":")
+    assert (int(uid), int(gid)) == (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"])
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert config["Entrypoint"] == ["python", "-m", "service"]
-    assert set(config["ExposedPorts"]) == {"8000/tcp", "8001/tcp", "8002/tcp", "8003/tcp"}
+    exposed = {int(port.split("/")[0]) for port in config["ExposedPorts"]}
+    assert exposed == {p["containerPort"] for p in container["ports"]}
     env = dict(item.split("=", 1) for item in config["Env"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == int(env["SERVE_HEALTH_PORT"]), probe
     assert env["SERVE_REPO"] == "/models" and env["SERVE_HOST"] == "0.0.0.0"
     assert env["PATH"].startswith("/opt/cnnserve/bin:")
     assert "PIP_CERT" not in env and "SSL_CERT_FILE" not in env
