@@ -34,9 +34,11 @@ OUTPUT = "logits"
 
 
 class Unimplemented(ServeError):
-    """An extension this server does not offer (as MLServer has no Triton model configuration)."""
+    """An extension this server does not offer, answered as MLServer answers for its missing Triton model
+    configuration: UNIMPLEMENTED over gRPC, 404 over HTTP (no such route)."""
 
     status = "UNIMPLEMENTED"
+    http_status = 404
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,9 @@ def test_dry_run_exercises_the_whole_check_on_the_cpu(gpu_image_env, tmp_path):
     reason="a CUDA GPU is present: the gpu section would run",
 )
 def test_the_gpu_bench_section_imports_only_what_it_needs(gpu_image_env, tmp_path):
-    """``python -m bench --section gpu`` where Starlette and uvicorn are absent: the client sections'
-    do-nothing server needs them, the gpu section must not import it."""
+    """``python -m bench --section gpu`` where Starlette and uvicorn are absent (the lent GPU machine's
+    image): the gpu section must not need them, and the listing of every section still works (the
+    do-nothing server imports its HTTP stack only when it serves HTTP)."""
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--section", "gpu", "--out", str(tmp_path)],
         env=gpu_image_env,
@@ -109,9 +110,8 @@ def test_the_gpu_bench_section_imports_only_what_it_needs(gpu_image_env, tmp_pat
     listing = subprocess.run(
         [sys.executable, "-m", "bench", "--list"], env=gpu_image_env, cwd=ROOT, capture_output=True, text=True
     )
-    assert listing.returncode == 0 and "client: (cannot import bench.client" in " ".join(
-        listing.stdout.split()
-    )
+    listed = " ".join(listing.stdout.split())
+    assert listing.returncode == 0 and "client: load tester overhead floor" in listed and "gpu:" in listed
 
 
 def test_survey_names_what_is_missing_or_too_old(monkeypatch):
