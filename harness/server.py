@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -161,11 +162,22 @@ def start_process(
             ready, _ = check(health_address or address, ready_service, timeout=1.0)
         else:
             ready = _server_ready(address)
-        if ready and proc.poll() is None:  # (SERVING from another process that holds the port: ours exits)
+        # The health port opens before the gRPC port binds: "up" means both take connections.
+        if ready and _accepts(address) and proc.poll() is None:  # (another process may hold the port)
             return server
         time.sleep(0.2)
     server.terminate()
     raise RuntimeError(f"{' '.join(cmd)} not ready after {ready_timeout}s:\n{server.log()}")
+
+
+def _accepts(address: str) -> bool:
+    """Whether ``host:port`` takes a TCP connection (whatever it speaks: TLS or not)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
 
 
 def _server_ready(address: str) -> bool:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -134,10 +133,9 @@ def test_a_model_the_server_cannot_load_fails_the_check_at_once(lenet5_export, t
     copy_entry(lenet5_export["fp32"].model_dir, repo)
     manifest = repo / "lenet5" / "1" / "manifest.json"
     manifest.write_text(manifest.read_text().replace(lenet5_export["fp32"].manifest.sha256, "0" * 64))
-    started = time.monotonic()
+    # the server's own reason, not "models not ready after 300s": it failed at once, without the timeout
     with pytest.raises(CheckFailed, match=r"model lenet5 cannot load: .*sha256 of model\.onnx"):
         served.start(repo, tmp_path / "logs", "cpu", ["lenet5"], timeout_s=300)
-    assert time.monotonic() - started < 60  # the server reported it: no waiting for the timeout
 
 
 def test_server_arguments_turn_http_off_where_the_server_has_it():
