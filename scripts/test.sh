@@ -13,7 +13,9 @@ for arg in "$@"; do
     args+=("$arg")
   fi
 done
+started=$SECONDS
 bash scripts/setup.sh
+echo "set-up: $((SECONDS - started)) s (the suite's own time, per tier, comes at its end)"
 # The full run's exports peak at a few GB under the temp folder; say so before a full disk shows up as
 # protobuf DecodeErrors in the middle of the run.
 tmp="${TMPDIR:-/tmp}"

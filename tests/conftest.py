@@ -26,10 +26,35 @@ PROCESS_FIXTURES = frozenset(
 )
 
 
+# A test's tier: the first of these markers it has (README, "Tests"), else in-process.
+TIERS = ("image", "peers", "bench", "slow", "process")
+_tier_of: dict[str, str] = {}  # node id -> tier
+_tier_time: dict[str, list[float]] = {}  # tier -> [tests, seconds of set-up, call and tear-down]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.process)
+        markers = {m.name for m in item.iter_markers()}
+        _tier_of[item.nodeid] = next((t for t in TIERS if t in markers), "in-process")
+
+
+def pytest_runtest_logreport(report):
+    """Adds each phase's time to its test's tier (a session fixture's set-up counts where first used)."""
+    times = _tier_time.setdefault(_tier_of.get(report.nodeid, "in-process"), [0, 0.0])
+    times[0] += report.when == "setup"
+    times[1] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _tier_time:
+        return
+    terminalreporter.write_sep("-", "time per tier")
+    for tier in ("in-process", *reversed(TIERS)):
+        if tier in _tier_time:
+            count, seconds = _tier_time[tier]
+            terminalreporter.write_line(f"{tier:<11} {count:5d} tests {seconds:8.1f} s")
 
 
 @pytest.fixture(scope="session")
