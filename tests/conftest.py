@@ -8,6 +8,7 @@ this repository; a test that changes one copies it first (``harness.repository.c
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,9 +22,7 @@ if TYPE_CHECKING:
 
 # Fixtures that start `python -m service` (or another server process): a test that uses one is in the
 # process tier, wherever it lives.
-PROCESS_FIXTURES = frozenset(
-    {"lenet5_server", "server", "server_factory", "shared_server", "servers", "stub", "client"}
-)
+PROCESS_FIXTURES = frozenset({"lenet5_server", "server", "server_factory", "shared_server", "stub", "client"})
 
 
 # A test's tier: the first of these markers it has (README, "Tests"), else in-process.
@@ -90,6 +89,24 @@ def lenet5_server(lenet5_export, tmp_path_factory):
     running = start_server(lenet5_export.repo, tmp_path_factory.mktemp("lenet5_server_logs"))
     yield running
     running.terminate()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    """``server_factory(repo, *args, env=None, ready_service="")``: a server of the test's own, terminated at
+    teardown (``ready_service="liveness"`` for one that starts unready)."""
+    started = []
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+
+    def start(repo: Path, *args: str, env: dict[str, str] | None = None, ready_service: str = ""):
+        running = start_server(repo, log_dir, *args, env=env, ready_service=ready_service)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.terminate()
 
 
 @pytest.fixture(scope="session")

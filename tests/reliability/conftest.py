@@ -52,20 +52,3 @@ def shared_server(lenet5_dir, rgb_onnx, tmp_path_factory):
     running = start_server(repo, tmp_path_factory.mktemp("shared_logs"))
     yield running
     running.terminate()
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """``servers(repo, *args, ready_service="")``: a server of the test's own, terminated at teardown."""
-    started = []
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-
-    def start(repo: Path, *args: str, ready_service: str = ""):
-        running = start_server(repo, log_dir, *args, ready_service=ready_service)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.terminate()

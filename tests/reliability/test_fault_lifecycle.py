@@ -107,7 +107,7 @@ class Traffic:
 
 
 def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(
-    lenet5_dir, servers, tmp_path, reference
+    lenet5_dir, server_factory, tmp_path, reference
 ):
     """The drain, over both front ends: requests accepted before SIGTERM (gRPC and HTTP) are all answered
     and the server exits 0; while it drains, readiness is off on every health surface (the health port,
@@ -127,7 +127,7 @@ def test_sigterm_with_requests_in_flight_answers_them_all_and_exits_0(
         preferred_batch_sizes=(),
         max_queue_delay_microseconds=4_000_000,
     )
-    server = servers(repo, "--grace-period", "20")
+    server = server_factory(repo, "--grace-period", "20")
     client = server.client(timeout=30)
     inputs = [x(1, seed) for seed in range(held)]
     infer_http = "/v2/models/slow/infer"
@@ -217,7 +217,7 @@ def scaled_version(source: Path, target: Path, factor: float) -> tuple[Path, Ref
     return staging, reference
 
 
-def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers, tmp_path, reference):
+def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, server_factory, tmp_path, reference):
     repo = tmp_path / "repo"
     model_dir = copy_entry(lenet5_dir, repo, MODEL)
     config = read_config(model_dir)
@@ -227,7 +227,7 @@ def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers,
         v: scaled_version(model_dir / "1", model_dir / str(v), factor) for v, factor in ((2, 2.0), (3, 3.0))
     }
     references = {"1": reference, **{str(v): ref for v, (_, ref) in staged.items()}}
-    server = servers(repo, "--model-control-mode", "poll", "--poll-interval", "0.3")
+    server = server_factory(repo, "--model-control-mode", "poll", "--poll-interval", "0.3")
 
     def expect(version: str):
         return references[version]
@@ -275,12 +275,12 @@ def test_versions_rolled_in_and_old_ones_removed_under_load(lenet5_dir, servers,
 
 
 def test_load_unload_cycles_with_cancelled_calls_leave_a_consistent_state(
-    lenet5_dir, servers, tmp_path, reference
+    lenet5_dir, server_factory, tmp_path, reference
 ):
     repo = tmp_path / "repo"
     copy_entry(lenet5_dir, repo, MODEL)
     copy_entry(lenet5_dir, repo, "cycled")
-    server = servers(repo, "--model-control-mode", "explicit", "--load-model", MODEL)
+    server = server_factory(repo, "--model-control-mode", "explicit", "--load-model", MODEL)
     client = server.client(timeout=60)
     rng = random.Random(7)
     with grpc.insecure_channel(server.address) as channel:
@@ -356,7 +356,7 @@ def deep_onnx(path: Path, layers: int = 64) -> None:
     onnx.save(model, str(path))
 
 
-def test_unloading_gives_the_memory_back(servers, tmp_path):
+def test_unloading_gives_the_memory_back(server_factory, tmp_path):
     """Six unload/load cycles of a model holding 64 MB of weights in 1 MB tensors. What an unload frees
     must go back to the OS, not stay in the allocator's arenas, where the next loads do not reuse all of
     it and RSS creeps up by a part of a model per cycle (resnet18: from 180 to 700 MB over 50 cycles,
@@ -372,7 +372,7 @@ def test_unloading_gives_the_memory_back(servers, tmp_path):
     add_model(
         repo, "fat", artifact, spec=DIGITS_INPUT, labels=DIGIT_LABELS, source_model="fat", max_batch_size=8
     )
-    server = servers(repo, "--model-control-mode", "explicit", "--load-model", "fat")
+    server = server_factory(repo, "--model-control-mode", "explicit", "--load-model", "fat")
     client = server.client(timeout=60)
     pid = server.proc.pid
     loaded, unloaded = [], []

@@ -26,7 +26,7 @@ CLIENTS, WORKERS = 128, 2
 PROBE_S, PROBE_PERIOD_S = 15.0, 0.05  # about 300 probes of each kind, all while the server sheds
 
 
-def test_health_answers_every_probe_while_the_server_sheds(lenet5_dir, servers, tmp_path, reference):
+def test_health_answers_every_probe_while_the_server_sheds(lenet5_dir, server_factory, tmp_path, reference):
     repo = tmp_path / "repo"
     copy_entry(lenet5_dir, repo, MODEL)
     copy_entry(
@@ -38,7 +38,7 @@ def test_health_answers_every_probe_while_the_server_sheds(lenet5_dir, servers, 
         max_queue_delay_microseconds=100_000,
         max_queue_size=4,
     )
-    server = servers(repo, "--max-inflight", "32")
+    server = server_factory(repo, "--max-inflight", "32")
     result = overload(
         server,
         SLOW,

@@ -77,24 +77,6 @@ def server(model_repo, tmp_path_factory):
     running.terminate()
 
 
-@pytest.fixture
-def server_factory(tmp_path):
-    """``server_factory(repo, *args, env=None, ready_service="")``: a server of the test's own, terminated at
-    teardown (``ready_service="liveness"`` for one that starts unready)."""
-    started = []
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-
-    def start(repo: Path, *args: str, env: dict[str, str] | None = None, ready_service: str = ""):
-        running = start_server(repo, log_dir, *args, env=env, ready_service=ready_service)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.terminate()
-
-
 @pytest.fixture(scope="session")
 def client(server) -> InferenceClient:
     return server.client()
